@@ -1,0 +1,105 @@
+"""Stage checkpoints on disk: spec.json + weights.safetensors + metrics.json, written atomically, verified on load."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from .errors import RunDirError
+from .models import build_model, load_weights
+
+SPEC, WEIGHTS, METRICS = "spec.json", "weights.safetensors", "metrics.json"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model_dir(folder: Path, model: nn.Module, spec: dict, metrics: dict, info: Optional[dict] = None) -> None:
+    """Write a complete model folder under a temporary name, then move it into place in one rename."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        write_model_files(tmp, model, spec, metrics, info)
+        if folder.exists():
+            stale = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(folder, stale)
+            os.replace(tmp, folder)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_model_files(folder: Path, model: nn.Module, spec: dict, metrics: dict, info: Optional[dict]) -> None:
+    """Weights and metrics first, then spec.json with their checksums: a folder without spec.json is incomplete."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / WEIGHTS, safetensors_bytes(state))
+    atomic_write(folder / METRICS, to_json(metrics))
+    files = {name: sha256_file(folder / name) for name in (WEIGHTS, METRICS)}
+    atomic_write(folder / SPEC, to_json({"model": spec, **(info or {}), "files": files}))
+
+
+def read_spec(folder: Path) -> Optional[dict]:
+    """The spec.json of a finished model folder, or None when the folder is missing or incomplete."""
+    try:
+        return json.loads((folder / SPEC).read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{folder / SPEC}: corrupt ({e}); delete {folder} or rerun with --no-resume") from None
+
+
+def read_metrics(folder: Path) -> dict:
+    """The metrics.json of a finished model folder."""
+    try:
+        return json.loads((folder / METRICS).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{folder / METRICS}: missing or corrupt ({e}); delete {folder} or rerun with --no-resume") from None
+
+
+def load_model_dir(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, dict]:
+    """Rebuild (model, spec, metrics) from a folder after checking every file against its recorded checksum."""
+    meta = read_spec(folder)
+    if meta is None:
+        raise RunDirError(f"{folder}: not a finished checkpoint (no {SPEC})")
+    for name, expected in meta.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != expected:
+            raise RunDirError(f"{path}: missing or corrupt (checksum differs from {SPEC}); delete {folder} or rerun with --no-resume")
+    model = load_weights(build_model(meta["model"]), folder / WEIGHTS).to(device)
+    return model, meta["model"], read_metrics(folder)

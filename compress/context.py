@@ -1,0 +1,35 @@
+"""RunContext: what a stage may use while it runs (data, device, seed, target, its own output folder)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import DataConfig
+from .data import DataBundle
+
+
+@dataclass
+class RunContext:
+    data: DataBundle
+    data_config: DataConfig = field(default_factory=DataConfig)
+    run_dir: Path = Path("runs/unnamed")
+    target: Optional["TargetProfile"] = None  # noqa: F821  (compress.targets.profile.TargetProfile)
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    quiet: bool = True
+    stage_name: str = "train"
+    stage_dir: Optional[Path] = None  # the running stage's private folder; kept only when the stage finishes
+
+    def log(self, message: str) -> None:
+        """A progress line on stderr, unless quiet."""
+        say(message, self.quiet)
+
+
+def say(message: str, quiet: bool) -> None:
+    """Print a progress line on stderr unless `quiet`."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,127 @@
+"""Model registry, builders from JSON specs, adapters for torchvision / timm / user code, and safe weight loading."""
+from __future__ import annotations
+
+import importlib
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelError, WeightsError
+from ..registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
+ADAPTERS: Registry[Callable[..., nn.Module]] = Registry("model source")  # prefix before ':' in an arch reference
+
+
+def make_spec(arch: str, in_channels: int, num_classes: int, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON spec from which `build_model` rebuilds an architecture without pickle."""
+    return {"arch": arch, "in_channels": in_channels, "num_classes": num_classes, "kwargs": dict(kwargs or {})}
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Build an untrained model from a spec: a registered name, or 'torchvision:', 'timm:', 'python:' references."""
+    arch, kwargs = spec["arch"], dict(spec.get("kwargs", {}))
+    source, _, ref = arch.partition(":")
+    args = dict(in_channels=spec["in_channels"], num_classes=spec["num_classes"], **kwargs)
+    builder = (lambda: ADAPTERS.get(source)(ref, **args)) if ref else (lambda: MODELS.get(arch)(**args))
+    try:
+        model = builder()
+    except TypeError as e:
+        raise ModelError(f"model {arch!r}: bad arguments {kwargs}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {arch!r}: the builder returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+@ADAPTERS.register("python")
+def python_model(ref: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
+    """'python:package.module:function' — runs the user's code (only use references you trust)."""
+    module_name, _, fn_name = ref.partition(":")
+    if not fn_name:
+        raise ModelError(f"model 'python:{ref}': expected 'python:module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"model 'python:{ref}': cannot import {fn_name} from {module_name}: {e}") from None
+    return fn(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+@ADAPTERS.register("torchvision")
+def torchvision_model(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
+    """'torchvision:NAME' with random weights; input channels other than 3 are handled by a 1x1 adapter conv."""
+    models = optional_import("torchvision.models", "vision")
+    try:
+        model = models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except ValueError as e:
+        raise ModelError(f"model 'torchvision:{name}': {e}") from None
+    return model if in_channels == 3 else nn.Sequential(nn.Conv2d(in_channels, 3, 1), model)
+
+
+@ADAPTERS.register("timm")
+def timm_model(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
+    """'timm:NAME' with random weights (no download)."""
+    timm = optional_import("timm", "vision")
+    try:
+        return timm.create_model(name, pretrained=False, in_chans=in_channels, num_classes=num_classes, **kwargs)
+    except RuntimeError as e:
+        raise ModelError(f"model 'timm:{name}': {e}") from None
+
+
+def optional_import(module: str, extra: str):
+    """Import an optional package or explain how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelError(f"{module.split('.')[0]} is not installed; install it with: pip install 'compress[{extra}]'") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file, or from a torch file loaded with weights_only=True (pickled code refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0] if str(e) else "unsupported content"
+        raise WeightsError(
+            f"{path}: refused: the file holds pickled Python objects, which could run code when loaded "
+            f"({first}). Save plain tensors with safetensors or torch.save(model.state_dict())."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise WeightsError(f"{path}: corrupt or unreadable torch file ({str(e).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: expected a mapping of parameter names to tensors (a state_dict)")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights into `model`, naming missing, unexpected and mis-shaped tensors on mismatch."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
+        raise WeightsError(f"{path}: weights do not match the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+    return model
+
+
+from . import cnn, mobilenet, resnet  # noqa: E402,F401  (register the built-in architectures)

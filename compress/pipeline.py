@@ -1,0 +1,151 @@
+"""The run loop: validate, resolve the target, run or resume stages with atomic checkpoints, export, report."""
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+
+from .checkpoint import atomic_write, load_model_dir, read_metrics, read_spec, save_model_dir
+from .config import Pipeline, load_pipeline
+from .context import RunContext, say
+from .data import load_data
+from .errors import ConfigError, RunDirError
+from .metrics import model_metrics
+from .models import build_model, load_weights, make_spec
+from .report import build_report, print_summary, write_report
+from .training import evaluate
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stage_folder(run_dir: Path, index: int, stage_type: str) -> Path:
+    return run_dir / "stages" / f"{index + 1:02d}-{stage_type}"
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder and prove it is writable before any work starts."""
+    try:
+        (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / ".write-test", b"ok")
+        (run_dir / ".write-test").unlink()
+    except OSError as e:
+        raise RunDirError(f"run directory {run_dir} is not writable ({e.strerror}); choose another with --run-dir") from None
+
+
+def check_export_config(pipeline: Pipeline, target) -> None:
+    """Export settings that can only be checked against the registries and the target."""
+    from .export import EXPORTERS
+
+    problems = []
+    for i, fmt in enumerate(pipeline.config.export.formats or []):
+        if fmt not in EXPORTERS:
+            problems.append(f"export.formats[{i}]: {EXPORTERS.miss_message(fmt)}")
+    opset = pipeline.config.export.opset
+    if opset is not None and opset > target.max_opset:
+        problems.append(f"export.opset: {opset} is above target {target.name}'s maximum opset {target.max_opset}")
+    if problems:
+        raise ConfigError(f"{pipeline.path}: invalid pipeline:\n  " + "\n  ".join(problems))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Optional[str | Path] = None,
+                 resume: bool = True, quiet: bool = False, device: str = "cpu") -> dict:
+    """Run a pipeline file end to end and return its report (also written to <run_dir>/report.json)."""
+    from .export.runner import export_and_validate
+    from .targets import fingerprint, resolve
+
+    started = time.time()
+    pipeline = load_pipeline(path)
+    cfg = pipeline.config
+    target_name = target or cfg.target
+    if not target_name:
+        raise ConfigError(f"{path}: no target: set `target:` in the file or pass --target NAME (see `compress targets`)")
+    profile = resolve(target_name)
+    check_export_config(pipeline, profile)
+    torch_device = resolve_device(device)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / cfg.name
+    prepare_run_dir(run_dir)
+    atomic_write(run_dir / "pipeline.resolved.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+
+    data = load_data(cfg.data, cfg.seed)
+    spec = make_spec(cfg.model.arch, cfg.model.in_channels or data.in_channels, cfg.model.num_classes or data.num_classes, cfg.model.kwargs)
+    target_fp = fingerprint(profile)
+    hashes = [pipeline.stage_hash(i, target_fp) for i in range(len(pipeline.stages))]
+    folders = [stage_folder(run_dir, i, scfg.type) for i, (_, scfg) in enumerate(pipeline.stages)]
+
+    done = finished_prefix(folders, hashes) if resume else 0
+    records = []
+    if done:
+        model, spec, _ = load_model_dir(folders[done - 1], torch_device)
+        for i in range(done):
+            meta = read_spec(folders[i])
+            records.append({**meta["stage"], "status": "resumed", "metrics": read_metrics(folders[i])})
+        say(f"resuming {run_dir}: reusing finished stage(s) 1-{done} ({', '.join(r['label'] for r in records)})", quiet)
+    else:
+        model = build_model(spec)
+        if cfg.model.weights:
+            load_weights(model, cfg.model.weights)
+        model.to(torch_device)
+
+    for i in range(done, len(pipeline.stages)):
+        cls, scfg = pipeline.stages[i]
+        label = scfg.name or scfg.type
+        seed_everything(cfg.seed + i)
+        ctx = RunContext(data=data, data_config=cfg.data, run_dir=run_dir, target=profile, device=torch_device,
+                         seed=cfg.seed + i, quiet=quiet, stage_name=label, stage_dir=run_dir / "work" / folders[i].name)
+        say(f"stage {i + 1}/{len(pipeline.stages)}: {label}", quiet)
+        t0 = time.time()
+        result = cls(scfg).run(model, spec, ctx)
+        model, spec = result.model, result.spec or spec
+        val = evaluate(model, data.val, cfg.data.eval_batch_size, torch_device)
+        metrics = {**model_metrics(model, data.input_shape), "val_accuracy": val["accuracy"], "val_loss": val["loss"],
+                   "seconds": time.time() - t0, **result.metrics}
+        stage_info = {"index": i, "type": scfg.type, "label": label, "hash": hashes[i]}
+        save_model_dir(folders[i], model, spec, metrics, {"stage": stage_info})
+        remove_stale_stages(run_dir, keep=folders[: i + 1])
+        records.append({**stage_info, "status": "ran", "metrics": metrics})
+
+    test = evaluate(model, data.test, cfg.data.eval_batch_size, torch_device) if data.test is not None else None
+    say("export and validation", quiet)
+    artifacts, deploy = export_and_validate(model, data, cfg.export, profile, run_dir / "artifacts", cfg.data.eval_batch_size)
+    report = build_report(pipeline, profile, run_dir, data, spec, records, artifacts, deploy, test,
+                          seconds=time.time() - started, device=str(torch_device))
+    write_report(run_dir, report)
+    if not quiet:
+        print_summary(report)
+    return report
+
+
+def finished_prefix(folders: list[Path], hashes: list[str]) -> int:
+    """How many leading stages have a finished folder whose recorded hash matches the current config."""
+    done = 0
+    for folder, expected in zip(folders, hashes):
+        meta = read_spec(folder)
+        if not meta or meta.get("stage", {}).get("hash") != expected:
+            break
+        done += 1
+    return done
+
+
+def remove_stale_stages(run_dir: Path, keep: list[Path]) -> None:
+    """Delete stage folders left by an earlier config (they followed a stage that has just been redone)."""
+    for folder in (run_dir / "stages").iterdir():
+        if folder.is_dir() and not folder.name.startswith(".") and folder not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+

@@ -1,0 +1,89 @@
+"""report.json (schema in docs/report.md) and the console summary."""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+from . import __version__
+from .checkpoint import atomic_write, to_json
+
+SCHEMA_VERSION = 1
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, compress and the libraries that shape results."""
+    versions = {"python": platform.python_version(), "compress": __version__, "platform": platform.platform()}
+    for name in ("torch", "onnx", "onnxruntime", "numpy", "nncf", "torch-pruning", "tensorrt"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def build_report(pipeline, profile, run_dir: Path, data, spec: dict, stages: list[dict], artifacts: list,
+                 deploy: Optional[dict], test: Optional[dict], seconds: float, device: str) -> dict:
+    """Everything a reader needs to judge and reproduce the run."""
+    cfg = pipeline.config
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pipeline": str(pipeline.path),
+        "config_hash": pipeline.config_hash(),
+        "seed": cfg.seed,
+        "device": device,
+        "seconds": seconds,
+        "versions": package_versions(),
+        "target": profile.model_dump(mode="json"),
+        "data": {"dataset": data.name, "train": len(data.train), "val": len(data.val),
+                 "test": len(data.test) if data.test is not None else 0, "input_shape": list(data.input_shape),
+                 "num_classes": data.num_classes, "preprocess": {"scale": 1 / 255, "mean": data.mean, "std": data.std}},
+        "model": spec,
+        "stages": stages,
+        "final": {"val_accuracy": stages[-1]["metrics"]["val_accuracy"] if stages else None,
+                  "test_accuracy": test["accuracy"] if test else None},
+        "artifacts": [a.to_dict() for a in artifacts],
+        "deploy": deploy,
+        "run_dir": str(run_dir),
+    }
+
+
+def write_report(run_dir: Path, report: dict) -> Path:
+    path = run_dir / "report.json"
+    atomic_write(path, to_json(report))
+    return path
+
+
+def print_summary(report: dict, out=sys.stdout) -> None:
+    """A compact table of stages and artifacts."""
+    rows = [("stage", "status", "params", "MACs", "sparsity", "val acc", "time")]
+    for s in report["stages"]:
+        m = s["metrics"]
+        rows.append((f"{s['index'] + 1}. {s['label']}", s["status"], f"{m['params']:,}", f"{m['macs'] / 1e6:.2f}M",
+                     f"{m['sparsity']:.1%}", f"{m['val_accuracy']:.2%}", f"{m['seconds']:.1f}s"))
+    print(table(rows), file=out)
+    rows = [("artifact", "precision", "size", "max|diff|", "top-1 agree", "val acc", "latency b1 (here)", "est. b1 (target)", "status")]
+    for a in report["artifacts"]:
+        est = f"{a['estimated_latency_ms']:.3g} ms" if a["estimated_latency_ms"] is not None else "-"
+        rows.append((Path(a["path"]).name, a["precision"], f"{a['size_bytes'] / 1e3:.0f} kB", f"{a['parity']['max_abs_diff']:.1e}",
+                     f"{a['parity']['top1_agreement']:.2%}", f"{a['accuracy']:.2%}", f"{a['latency_ms'].get('1', float('nan')):.3f} ms",
+                     est, a["status"] if a["status"] == "ok" else f"rejected: {a['reason']}"))
+    print("\n" + table(rows), file=out)
+    final = report["final"]
+    if final["test_accuracy"] is not None:
+        print(f"\ntest accuracy (final model): {final['test_accuracy']:.2%}", file=out)
+    deploy = report["deploy"]
+    print(f"deploy: {deploy['path']} ({deploy['reason']})" if deploy else "deploy: none (every artifact was rejected)", file=out)
+    print(f"report: {report['run_dir']}/report.json", file=out)
+
+
+def table(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+"""Pipeline stages; importing this package registers the built-in ones."""
+from .base import STAGES, Stage, StageConfig, StageResult, register_stage
+from . import train  # noqa: F401  (registers `train`)
+
+__all__ = ["STAGES", "Stage", "StageConfig", "StageResult", "register_stage"]

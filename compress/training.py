@@ -1,0 +1,163 @@
+"""The one training loop every stage uses: optimizer and schedule from config, callbacks, progress, NaN guard."""
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+from tqdm import tqdm
+
+from .config import Strict
+from .data import Batch, BatchLoader, Split
+from .errors import TrainingError
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
+class TrainConfig(Strict):
+    """Optimisation settings shared by every training stage."""
+
+    epochs: PositiveInt = 1
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, description="applied to weight matrices/kernels, not to biases or norms")
+    schedule: Literal["cosine", "constant", "step"] = Field("cosine", description="per-step learning-rate schedule")
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm")
+
+
+class Callback:
+    """Hooks into `Trainer.fit`; every hook is a no-op by default."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_before_optimizer_step(self, trainer: "Trainer") -> None: ...
+    def on_step_end(self, trainer: "Trainer") -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None: ...
+    def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+
+class Trainer:
+    """Trains `model` on `ctx.data.train` with `cfg`; stages plug in a loss function and callbacks."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: "RunContext", *, loss_fn: Optional[LossFn] = None,
+                 callbacks: Sequence[Callback] = ()):
+        self.model, self.cfg, self.ctx = model.to(ctx.device), cfg, ctx
+        self.data, self.device, self.name = ctx.data, ctx.device, ctx.stage_name
+        self.callbacks = list(callbacks)
+        self.loss_fn = loss_fn or (lambda logits, batch: nn.functional.cross_entropy(logits, batch.y, label_smoothing=cfg.label_smoothing))
+        data_cfg = ctx.data_config
+        self.eval_batch_size = data_cfg.eval_batch_size
+        self.loader = BatchLoader(ctx.data.train, data_cfg.batch_size, shuffle=True, seed=ctx.seed, augment=data_cfg.augment)
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
+        self.global_step = 0
+        self.history: list[dict] = []
+
+    def fit(self) -> list[dict]:
+        """Run all epochs; returns one metrics dict per epoch (train loss/accuracy, val loss/accuracy, lr)."""
+        self.call("on_fit_start")
+        for epoch in range(self.cfg.epochs):
+            self.loader.set_epoch(epoch)
+            self.call("on_epoch_start", epoch)
+            train = self.train_epoch(epoch)
+            val = evaluate(self.model, self.data.val, self.eval_batch_size, self.device)
+            metrics = {"epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                       "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": self.optimizer.param_groups[0]["lr"]}
+            self.history.append(metrics)
+            self.call("on_epoch_end", epoch, metrics)
+            self.ctx.log(f"[{self.name}] epoch {epoch + 1}/{self.cfg.epochs}  loss {train['loss']:.4f}  "
+                     f"acc {train['accuracy']:.2%}  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.2%}")
+        self.call("on_fit_end")
+        return self.history
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(self.loader, desc=f"{self.name} {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=self.ctx.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+        for batch in bar:
+            batch = Batch(*(t.to(self.device) for t in batch))
+            logits = self.model(batch.x)
+            loss = self.loss_fn(logits, batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"stage '{self.name}': the loss became {loss.item()} at epoch {epoch + 1}, step {self.global_step + 1} "
+                    f"(learning rate {self.optimizer.param_groups[0]['lr']:.3g}). The stage stopped and finished stages are kept; "
+                    f"lower the learning rate, set grad_clip, or check the input data."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.call("on_before_optimizer_step")
+            self.optimizer.step()
+            self.scheduler.step()
+            self.global_step += 1
+            self.call("on_step_end")
+            n = len(batch.y)
+            loss_sum += loss.item() * n
+            correct += int((logits.argmax(1) == batch.y).sum())
+            seen += n
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}")
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+    def call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum), Adam or AdamW; weight decay only on tensors of rank > 1."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optimizer(groups, lr=cfg.lr)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step multiplier of the peak learning rate: linear warm-up, then cosine, constant or step decay."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.schedule == "step":
+            return 0.1 ** sum(progress >= m for m in (0.5, 0.75))
+        return 1.0
+
+    return factor
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits of `model` (in eval mode) for every example of `split`, on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x.to(device)).float().cpu() for x in split.x.split(batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Cross-entropy loss and top-1 accuracy on `split`."""
+    logits = predict(model, split, batch_size, device)
+    return {"loss": float(nn.functional.cross_entropy(logits, split.y)), "accuracy": float((logits.argmax(1) == split.y).float().mean())}

@@ -1,0 +1,51 @@
+"""`onnx`: fp32 ONNX with a dynamic batch axis, at the target's opset."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from compress.errors import ExportError
+
+from . import Exporter, ExportRequest, register_exporter
+
+DEFAULT_OPSET = 17  # parsed by TensorRT 8.6+ and every current ONNX Runtime
+
+
+def opset_for(request: ExportRequest) -> int:
+    """The configured opset, or the target's maximum capped at DEFAULT_OPSET; never above the target's maximum."""
+    opset = request.config.opset or min(request.target.max_opset, DEFAULT_OPSET)
+    if opset > request.target.max_opset:
+        raise ExportError(f"export.opset {opset} is above target {request.target.name}'s maximum opset {request.target.max_opset}")
+    return opset
+
+
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, opset: int, exporter: str) -> Path:
+    """Export `model` (eval mode, CPU) with input 'input' and output 'logits', batch axis dynamic."""
+    model = model.cpu().eval()
+    example = torch.zeros(2, *input_shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["input"],
+                                  output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                  external_data=False, verbose=False)
+            else:
+                torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                                  output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    except Exception as e:  # the exporters raise many unrelated types
+        raise ExportError(f"ONNX export ({exporter}, opset {opset}) failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return path
+
+
+@register_exporter
+class OnnxExporter(Exporter):
+    format = "onnx"
+    precision = "fp32"
+
+    def export(self, request: ExportRequest) -> Path:
+        path = request.out_dir / f"{request.name}.fp32.onnx"
+        return export_onnx(request.model, request.input_shape, path, opset_for(request), request.config.exporter)

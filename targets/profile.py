@@ -1,0 +1,48 @@
+"""The schema of a hardware target profile (YAML data; code branches on these fields, never on names)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from compress.config import Strict
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class Budgets(Strict):
+    latency_ms: Optional[PositiveFloat] = Field(None, description="batch-1 latency budget")
+    memory_mb: Optional[PositiveFloat] = Field(None, description="memory available to the model at run time")
+    size_mb: Optional[PositiveFloat] = Field(None, description="largest artifact file")
+    max_accuracy_drop: Optional[float] = Field(None, ge=0, le=1, description="largest accepted top-1 drop, as a fraction (0.01 = 1 point)")
+
+
+class TargetProfile(Strict):
+    name: str
+    description: str
+    aliases: list[str] = Field(default_factory=list)
+    device_class: Literal["cpu", "gpu", "jetson"]
+    runtime: Literal["onnxruntime", "tensorrt"] = Field(description="the runtime that executes deployed artifacts")
+    execution_providers: list[str] = Field(min_length=1, description="ONNX Runtime execution providers, in order of preference")
+    precisions: list[Precision] = Field(min_length=1, description="precisions the hardware runs")
+    preferred_precisions: list[Precision] = Field(min_length=1, description="precisions to export by default, best first")
+    sparsity_2_4: bool = Field(False, description="hardware accelerates 2:4 semi-structured sparsity")
+    peak_tops: dict[Precision, PositiveFloat] = Field(description="dense peak, tera-operations per second (1 MAC = 2 ops)")
+    efficiency: float = Field(0.25, gt=0, le=1, description="share of peak a small CNN reaches; used by the cost model")
+    memory_bandwidth_gbps: PositiveFloat
+    memory_gb: PositiveFloat
+    channel_alignment: PositiveInt = Field(1, description="channel counts should be a multiple of this")
+    max_opset: PositiveInt = Field(description="highest ONNX opset the runtime parses")
+    tensorrt_version: Optional[str] = None
+    jetpack: Optional[str] = None
+    budgets: Budgets = Field(default_factory=Budgets)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TargetProfile":
+        extra = set(self.preferred_precisions) - set(self.precisions)
+        if extra:
+            raise ValueError(f"preferred_precisions {sorted(extra)} are not in precisions {self.precisions}")
+        missing = set(self.precisions) - set(self.peak_tops)
+        if missing:
+            raise ValueError(f"peak_tops has no figure for {sorted(missing)}")
+        return self
