@@ -19,11 +19,21 @@ from .models import build_model, load_weights
 SPEC, WEIGHTS, METRICS = "spec.json", "weights.safetensors", "metrics.json"
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = current_umask()
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -50,6 +60,7 @@ def save_model_dir(folder: Path, model: nn.Module, spec: dict, metrics: dict, in
     """Write a complete model folder under a temporary name, then move it into place in one rename."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~UMASK)
     try:
         write_model_files(tmp, model, spec, metrics, info)
         if folder.exists():

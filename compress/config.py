@@ -158,7 +158,7 @@ def error_lines(error: ValidationError, prefix: str = "") -> list[str]:
         key = prefix
         for part in e["loc"]:
             key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-        message = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        message = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {e['input']!r})"
         lines.append(f"{key or '<top>'}: {message}{got}")
     return lines

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from compress.errors import TrainingError
+from compress.models import build_model, make_spec
+from compress.training import Callback, Trainer, TrainConfig, evaluate, lr_factor
+
+
+def small_model():
+    torch.manual_seed(0)
+    return build_model(make_spec("cnn_s", 1, 10, {"channels": [8, 16]}))
+
+
+def test_training_learns(ctx):
+    model = small_model()
+    before = evaluate(model, ctx.data.val)["accuracy"]
+    history = Trainer(model, TrainConfig(epochs=5, optimizer="adam", lr=0.01), ctx).fit()
+    assert len(history) == 5 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] > max(0.3, before + 0.2)
+
+
+def test_training_is_reproducible(ctx):
+    weights = []
+    for _ in range(2):
+        model = small_model()
+        Trainer(model, TrainConfig(epochs=1), ctx).fit()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_fit_start(self, trainer): self.events.append("fit_start")
+    def on_epoch_start(self, trainer, epoch): self.events.append(f"epoch_start{epoch}")
+    def on_before_optimizer_step(self, trainer): self.events.append("before_step")
+    def on_step_end(self, trainer): self.events.append(f"step_end{trainer.global_step}")
+    def on_epoch_end(self, trainer, epoch, metrics): self.events.append(f"epoch_end{epoch}")
+    def on_fit_end(self, trainer): self.events.append("fit_end")
+
+
+def test_callbacks_and_custom_loss(ctx):
+    recorder, seen = Recorder(), []
+
+    def loss_fn(logits, batch):
+        seen.append(batch.index)
+        return torch.nn.functional.cross_entropy(logits, batch.y)
+
+    trainer = Trainer(small_model(), TrainConfig(epochs=1), ctx, loss_fn=loss_fn, callbacks=[recorder])
+    trainer.fit()
+    steps = trainer.steps_per_epoch
+    assert steps == 8
+    assert recorder.events == ["fit_start", "epoch_start0", *[e for s in range(1, steps + 1) for e in ("before_step", f"step_end{s}")],
+                               "epoch_end0", "fit_end"]
+    assert sorted(torch.cat(seen).tolist()) == list(range(256))
+
+
+def test_nan_loss_stops_with_clear_error(ctx):
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf).*lower the learning rate"):
+        Trainer(small_model(), TrainConfig(epochs=1, lr=1e12, momentum=0.0), ctx).fit()
+
+
+@pytest.mark.parametrize("schedule, step, expected", [
+    ("cosine", 0, 1.0), ("cosine", 50, 0.5), ("cosine", 100, 0.0),
+    ("step", 49, 1.0), ("step", 50, 0.1), ("step", 80, 0.01), ("constant", 99, 1.0),
+])
+def test_lr_schedules(schedule, step, expected):
+    factor = lr_factor(TrainConfig(epochs=10, schedule=schedule), steps_per_epoch=10)
+    assert math.isclose(factor(step), expected, abs_tol=1e-9)
+
+
+def test_warmup_ramps_linearly():
+    factor = lr_factor(TrainConfig(epochs=10, warmup_epochs=1, schedule="constant"), steps_per_epoch=10)
+    assert [factor(s) for s in (0, 4, 9, 10)] == [0.1, 0.5, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_weight_decay_skips_biases_and_norms(ctx, optimizer):
+    trainer = Trainer(small_model(), TrainConfig(optimizer=optimizer, weight_decay=0.1), ctx)
+    decay, other = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() > 1 for p in decay["params"])
+    assert other["weight_decay"] == 0.0 and all(p.dim() == 1 for p in other["params"])
