@@ -13,6 +13,7 @@ USAGE_EPILOG = """commands:
   compress PIPELINE.yaml [--target NAME|PATH] ...   run the stages, export, validate, report
   compress targets                                   list hardware target profiles
   compress targets show NAME|PATH                    print one profile
+  compress profile ARTIFACTS_DIR --target NAME       measure artifacts on this machine (e.g. on the device)
 
 examples:
   compress examples/quickstart.yaml --target jetson
@@ -37,6 +38,19 @@ def targets_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compress targets", description="List hardware target profiles or show one.")
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("name", nargs="?", metavar="NAME|PATH")
+    add_common(p)
+    return p
+
+
+def profile_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress profile", description="Measure exported artifacts on this machine: ONNX "
+                                "Runtime with the target's execution providers, trtexec for TensorRT engines. Writes "
+                                "profile.json and merges it into the run's report.json.")
+    p.add_argument("artifacts", metavar="ARTIFACTS_DIR", help="a run's artifacts folder or a device bundle")
+    p.add_argument("--target", metavar="NAME|PATH", required=True, help="target profile of this machine")
+    p.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default: 1,32)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per batch size after warm-up (default: 50)")
+    p.add_argument("--calibrate", metavar="OUT.yaml", help="also fit the cost model to these measurements and save the calibrated profile")
     add_common(p)
     return p
 
@@ -68,14 +82,37 @@ def cmd_targets(args: argparse.Namespace) -> int:
     for name in registry().names():
         profile = registry().get(name)
         profiles.setdefault(profile.name, profile)
-    print(f"{'name':<20} {'aliases':<14} {'runtime':<12} {'precisions':<16} description")
+    print(f"{'name':<18} {'aliases':<18} {'runtime':<12} {'precisions':<15} description")
     for name, p in sorted(profiles.items()):
-        print(f"{name:<20} {','.join(p.aliases):<14} {p.runtime:<12} {','.join(p.precisions):<16} {p.description}")
+        print(f"{name:<18} {','.join(p.aliases):<18} {p.runtime:<12} {','.join(p.precisions):<15} {p.description}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .targets import resolve
+    from .targets.bench import calibrate, parse_batches, profile_artifacts, summary_lines, write_calibrated
+
+    target, folder = resolve(args.target), Path(args.artifacts)
+    if args.runs < 1:
+        raise CompressError(f"--runs: expected a positive number, got {args.runs}")
+    profile = profile_artifacts(folder, target, parse_batches(args.batch), args.runs)
+    if not args.quiet:
+        print("\n".join(summary_lines(profile)))
+        print(f"wrote {folder / 'profile.json'}")
+    if args.calibrate:
+        calibrated = calibrate(profile, folder, target)
+        write_calibrated(calibrated, Path(args.calibrate), profile)
+        if not args.quiet:
+            print(f"calibrated: efficiency {calibrated.efficiency:.3g}, layer overhead {calibrated.layer_overhead_us:.3g} us "
+                  f"-> {args.calibrate} (use it with --target {args.calibrate})")
     return 0
 
 
 COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "targets": (targets_parser, cmd_targets),
+    "profile": (profile_parser, cmd_profile),
 }
 
 

@@ -43,6 +43,9 @@ class ExportConfig(Strict):
     formats: Optional[list[str]] = Field(None, description="exporters to run; default: what the target prefers")
     opset: Optional[PositiveInt] = Field(None, description="ONNX opset; default: the target's maximum, at most 17")
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    simplify: bool = Field(True, description="fold constants and drop redundant nodes with onnxslim")
+    accuracy_control: bool = Field(True, description="INT8: keep sensitive layers in fp32 when the target sets max_accuracy_drop")
+    validation_limit: PositiveInt = Field(2000, description="validation examples INT8 accuracy control evaluates")
     latency_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32])
     latency_runs: PositiveInt = 30
 

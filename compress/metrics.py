@@ -1,35 +1,52 @@
-"""Model size and cost: parameters, non-zeros, MACs, bytes, sparsity."""
+"""Model size and cost: parameters, non-zeros, MACs, bytes, sparsity, and per-layer costs for the cost model."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on one example (convolutions and linear layers)."""
-    total = 0
+@dataclass(frozen=True)
+class LayerCost:
+    """One convolution or linear layer's work for a single example."""
 
-    def conv_hook(m: nn.Conv2d, _, out):
-        nonlocal total
-        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+    name: str
+    macs: int
+    weights: int
+    inputs: int  # input activation elements
+    outputs: int  # output activation elements
 
-    def linear_hook(m: nn.Linear, inp, out):
-        nonlocal total
-        total += out[0].numel() * m.in_features
 
-    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCost]:
+    """Per-layer MACs, weight count and activation sizes of one forward pass on one example."""
+    costs: list[LayerCost] = []
+
+    def hook(module: nn.Module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        costs.append(LayerCost(names[module], output[0].numel() * per_output, module.weight.numel(),
+                               inputs[0][0].numel(), output[0].numel()))
+
+    names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    hooks = [m.register_forward_hook(hook) for m in names]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            device = next(model.parameters()).device
-            model(torch.zeros(1, *input_shape, device=device))
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return int(total)
+    return costs
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one example (convolutions and linear layers)."""
+    return sum(c.macs for c in layer_costs(model, input_shape))
 
 
 def model_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:

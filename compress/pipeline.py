@@ -15,7 +15,7 @@ from .checkpoint import atomic_write, load_model_dir, read_metrics, read_spec, s
 from .config import Pipeline, load_pipeline
 from .context import RunContext, say
 from .data import load_data
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError, ExportError, RunDirError
 from .metrics import model_metrics
 from .models import build_model, load_weights, make_spec
 from .report import build_report, print_summary, write_report
@@ -123,12 +123,15 @@ def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Option
 
     test = evaluate(model, data.test, cfg.data.eval_batch_size, torch_device) if data.test is not None else None
     say("export and validation", quiet)
-    artifacts, deploy = export_and_validate(model, data, cfg.export, profile, run_dir / "artifacts", cfg.data.eval_batch_size)
+    artifacts, deploy = export_and_validate(model, spec, data, cfg.export, profile, run_dir / "artifacts", cfg.data.eval_batch_size)
     report = build_report(pipeline, profile, run_dir, data, spec, records, artifacts, deploy, test,
                           seconds=time.time() - started, device=str(torch_device))
     write_report(run_dir, report)
     if not quiet:
         print_summary(report)
+    if deploy is None:
+        reasons = "; ".join(f"{a.format}: {a.reason}" for a in artifacts if a.reason)
+        raise ExportError(f"no deployable artifact for {profile.name} ({reasons}); details in {run_dir / 'report.json'}")
     return report
 
 

@@ -67,12 +67,9 @@ def print_summary(report: dict, out=sys.stdout) -> None:
         rows.append((f"{s['index'] + 1}. {s['label']}", s["status"], f"{m['params']:,}", f"{m['macs'] / 1e6:.2f}M",
                      f"{m['sparsity']:.1%}", f"{m['val_accuracy']:.2%}", f"{m['seconds']:.1f}s"))
     print(table(rows), file=out)
-    rows = [("artifact", "precision", "size", "max|diff|", "top-1 agree", "val acc", "latency b1 (here)", "est. b1 (target)", "status")]
+    rows = [("artifact", "precision", "size", "max|diff|", "top-1 agree", "val acc", "b1 here", "b32 here", "b1 target", "status")]
     for a in report["artifacts"]:
-        est = f"{a['estimated_latency_ms']:.3g} ms" if a["estimated_latency_ms"] is not None else "-"
-        rows.append((Path(a["path"]).name, a["precision"], f"{a['size_bytes'] / 1e3:.0f} kB", f"{a['parity']['max_abs_diff']:.1e}",
-                     f"{a['parity']['top1_agreement']:.2%}", f"{a['accuracy']:.2%}", f"{a['latency_ms'].get('1', float('nan')):.3f} ms",
-                     est, a["status"] if a["status"] == "ok" else f"rejected: {a['reason']}"))
+        rows.append(artifact_row(a))
     print("\n" + table(rows), file=out)
     final = report["final"]
     if final["test_accuracy"] is not None:
@@ -80,6 +77,19 @@ def print_summary(report: dict, out=sys.stdout) -> None:
     deploy = report["deploy"]
     print(f"deploy: {deploy['path']} ({deploy['reason']})" if deploy else "deploy: none (every artifact was rejected)", file=out)
     print(f"report: {report['run_dir']}/report.json", file=out)
+
+
+def artifact_row(a: dict) -> tuple:
+    """One line of the artifact table; bundles and failed exports have no measurements."""
+    status = a["status"] if a["status"] == "ok" else f"{a['status']}: {a['reason']}"
+    name = Path(a["path"]).name or a["format"]
+    if not a["parity"]:
+        return (name, a["precision"], f"{a['size_bytes'] / 1e3:.0f} kB" if a["size_bytes"] else "-", "-", "-", "-", "-", "-", "-", status)
+    latency = a["latency_ms"]
+    target = f"{a['estimated_latency_ms']:.3g} ms ({'meas' if a['latency_source'] == 'measured' else 'est'}.)" if a["estimated_latency_ms"] is not None else "-"
+    return (name, a["precision"], f"{a['size_bytes'] / 1e3:.0f} kB", f"{a['parity']['max_abs_diff']:.1e}",
+            f"{a['parity']['top1_agreement']:.2%}", f"{a['accuracy']:.2%}",
+            *(f"{latency[b]:.3f} ms" if b in latency else "-" for b in ("1", "32")), target, status)
 
 
 def table(rows: list[tuple]) -> str:

@@ -13,14 +13,20 @@ from compress.registry import Registry
 
 @dataclass
 class ExportRequest:
-    """Everything an exporter needs: the model, its input shape, where to write, the export settings and the target."""
+    """Everything an exporter needs: the model and its spec, data (calibration, validation), settings, target."""
 
     model: nn.Module
-    input_shape: tuple[int, ...]
+    spec: dict[str, Any]
+    data: "DataBundle"  # noqa: F821
     out_dir: Path
     config: ExportConfig
     target: "TargetProfile"  # noqa: F821
+    artifacts: list["Artifact"] = field(default_factory=list)  # produced so far in this run, e.g. the fp32 ONNX
     name: str = "model"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.data.input_shape
 
 
 @dataclass
@@ -38,8 +44,10 @@ class Artifact:
     accuracy_drop: Optional[float] = None
     latency_ms: dict[str, float] = field(default_factory=dict)  # batch size -> median, measured on this machine
     latency_provider: Optional[str] = None
-    estimated_latency_ms: Optional[float] = None  # batch 1 on the target, roofline cost model
-    status: str = "ok"  # ok | rejected
+    estimated_latency_ms: Optional[float] = None  # batch 1 on the target: roofline cost model, or measured on a host target
+    latency_source: str = "estimated"  # estimated (cost model) | measured (the target is this machine)
+    notes: list[str] = field(default_factory=list)  # e.g. accuracy control fell back, pre-flight warnings
+    status: str = "ok"  # ok | rejected | failed | bundle
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,13 +55,23 @@ class Artifact:
 
 
 class Exporter:
-    """Turns a model into one deployable file: a `format` name, its `precision`, and `export(request)`."""
+    """Turns a model into one deployable file: a `format` name, its `precision`, and `export(request)`.
+
+    A packaging exporter (`packages = True`, e.g. TensorRT) builds from the ONNX artifacts already made and returns a
+    folder that the ONNX Runtime validation does not apply to.
+    """
 
     format: ClassVar[str]
     precision: ClassVar[str]
+    packages: ClassVar[bool] = False
+    runtime: ClassVar[Optional[str]] = None  # packaging exporters: the target runtime they package for
 
     def export(self, request: ExportRequest) -> Path:
         raise NotImplementedError
+
+    def notes(self) -> list[str]:
+        """What the last export decided that the report should say (fallbacks, settings chosen)."""
+        return []
 
 
 EXPORTERS: Registry[type[Exporter]] = Registry("export format")
@@ -65,4 +83,4 @@ def register_exporter(cls: type[Exporter]) -> type[Exporter]:
     return cls
 
 
-from . import onnx  # noqa: E402,F401  (registers `onnx`)
+from . import fp16, onnx, quantize, tensorrt  # noqa: E402,F401  (register the exporters)

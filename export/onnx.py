@@ -1,9 +1,10 @@
-"""`onnx`: fp32 ONNX with a dynamic batch axis, at the target's opset."""
+"""`onnx`: fp32 ONNX with a dynamic batch axis, at the target's opset, simplified with onnxslim."""
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 
 from compress.errors import ExportError
@@ -41,6 +42,21 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
     return path
 
 
+def simplify(path: Path) -> None:
+    """Fold constants and remove redundant nodes in place (onnxslim)."""
+    import onnxslim
+
+    onnx.save(onnxslim.slim(onnx.load(str(path))), str(path))
+
+
+def fp32_onnx(request: ExportRequest) -> Path:
+    """The fp32 ONNX file of this export: the `onnx` artifact already made, or a new one."""
+    for artifact in request.artifacts:
+        if artifact.format == OnnxExporter.format:
+            return Path(artifact.path)
+    return OnnxExporter().export(request)
+
+
 @register_exporter
 class OnnxExporter(Exporter):
     format = "onnx"
@@ -48,4 +64,7 @@ class OnnxExporter(Exporter):
 
     def export(self, request: ExportRequest) -> Path:
         path = request.out_dir / f"{request.name}.fp32.onnx"
-        return export_onnx(request.model, request.input_shape, path, opset_for(request), request.config.exporter)
+        export_onnx(request.model, request.input_shape, path, opset_for(request), request.config.exporter)
+        if request.config.simplify:
+            simplify(path)
+        return path

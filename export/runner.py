@@ -1,4 +1,4 @@
-"""Export a model to every requested format, validate each artifact, apply the target's budgets, pick one to deploy."""
+"""Export a model to every requested format, check each artifact, apply the target's budgets, pick one to deploy."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,39 +6,62 @@ from typing import Optional
 
 from compress.config import ExportConfig
 from compress.data import DataBundle
-from compress.metrics import model_metrics
+from compress.errors import ExportError
+from compress.metrics import layer_costs
 from compress.targets import TargetProfile
 from compress.targets.cost import estimate_latency_ms
 from compress.training import predict
 
 from . import EXPORTERS, Artifact, ExportRequest
+from .preflight import check_graph
+from .tensorrt import bundle_artifact
 from .validate import validate_artifact
 
 
 def default_formats(target: TargetProfile) -> list[str]:
-    """fp32 ONNX as the reference, plus every registered format in one of the target's preferred precisions."""
-    preferred = [f for f in EXPORTERS.names() if f != "onnx" and EXPORTERS.get(f).precision in target.preferred_precisions]
-    return ["onnx", *preferred]
+    """fp32 ONNX as the reference, a file per preferred precision, then the packaging for the target's runtime."""
+    files, packages = ["onnx"], []
+    for name in EXPORTERS.names():
+        cls = EXPORTERS.get(name)
+        if cls.packages and cls.runtime == target.runtime:
+            packages.append(name)
+        elif not cls.packages and name != "onnx" and cls.precision in target.preferred_precisions:
+            files.append(name)
+    return files + packages
 
 
-def export_and_validate(model, data: DataBundle, config: ExportConfig, target: TargetProfile, out_dir: Path,
+def export_and_validate(model, spec: dict, data: DataBundle, config: ExportConfig, target: TargetProfile, out_dir: Path,
                         eval_batch_size: int = 512) -> tuple[list[Artifact], Optional[dict]]:
-    """Run the exporters, check every artifact with ONNX Runtime, and choose the deployable one."""
+    """Run the exporters, check every file with the pre-flight check and ONNX Runtime, choose the deployable one."""
     model = model.cpu().eval()
     reference = predict(model, data.val, eval_batch_size)
     reference_accuracy = float((reference.argmax(1) == data.val.y).float().mean())
-    cost = model_metrics(model, data.input_shape)
-    artifacts = []
+    layers = layer_costs(model, data.input_shape)
+    request = ExportRequest(model, spec, data, out_dir, config, target)
     for fmt in config.formats or default_formats(target):
         exporter = EXPORTERS.get(fmt)()
-        path = exporter.export(ExportRequest(model, data.input_shape, out_dir, config, target))
-        artifact = validate_artifact(path, fmt, exporter.precision, reference, data.val, reference_accuracy,
-                                     config.latency_batch_sizes, config.latency_runs, eval_batch_size)
-        if exporter.precision in target.peak_tops:
-            artifact.estimated_latency_ms = estimate_latency_ms(cost["macs"], cost["params"], exporter.precision, target)
+        try:
+            path = exporter.export(request)
+            if exporter.packages:
+                request.artifacts.append(bundle_artifact(path, request, exporter.notes()))
+                continue
+            check_graph(path, target)
+            artifact = validate_artifact(path, fmt, exporter.precision, reference, data.val, reference_accuracy,
+                                         config.latency_batch_sizes, config.latency_runs, eval_batch_size)
+        except ExportError as e:
+            if fmt == "onnx":
+                raise
+            request.artifacts.append(Artifact(format=fmt, precision=exporter.precision, path="", size_bytes=0, sha256="",
+                                              status="failed", reason=str(e)))
+            continue
+        artifact.notes = exporter.notes()
+        if target.host:
+            artifact.estimated_latency_ms, artifact.latency_source = artifact.latency_ms.get("1"), "measured"
+        elif exporter.precision in target.peak_tops:
+            artifact.estimated_latency_ms = estimate_latency_ms(layers, exporter.precision, target)
         apply_budgets(artifact, target)
-        artifacts.append(artifact)
-    return artifacts, choose_deployable(artifacts, target)
+        request.artifacts.append(artifact)
+    return request.artifacts, choose_deployable(request.artifacts, target)
 
 
 def apply_budgets(artifact: Artifact, target: TargetProfile) -> None:
@@ -50,17 +73,25 @@ def apply_budgets(artifact: Artifact, target: TargetProfile) -> None:
         reasons.append(f"accuracy drop {artifact.accuracy_drop:.2%} exceeds the budget {budgets.max_accuracy_drop:.2%}")
     if budgets.size_mb is not None and artifact.size_bytes > budgets.size_mb * 1e6:
         reasons.append(f"size {artifact.size_bytes / 1e6:.2f} MB exceeds the budget {budgets.size_mb} MB")
+    if budgets.latency_ms is not None and (artifact.estimated_latency_ms or 0) > budgets.latency_ms:
+        artifact.notes.append(f"{artifact.latency_source} batch-1 latency {artifact.estimated_latency_ms:.3g} ms is over "
+                              f"the target's {budgets.latency_ms} ms budget")
     if reasons:
         artifact.status, artifact.reason = "rejected", "; ".join(reasons)
 
 
 def choose_deployable(artifacts: list[Artifact], target: TargetProfile) -> Optional[dict]:
-    """The accepted artifact with the lowest estimated latency on the target; ties go to the preferred precision."""
+    """The accepted artifact with the lowest batch-1 latency on the target; ties go to the preferred precision."""
     accepted = [a for a in artifacts if a.status == "ok"]
     if not accepted:
         return None
     rank = {p: i for i, p in enumerate(target.preferred_precisions)}
     best = min(accepted, key=lambda a: (a.estimated_latency_ms or float("inf"), rank.get(a.precision, len(rank))))
-    why = (f"lowest estimated batch-1 latency on {target.name} ({best.estimated_latency_ms:.3g} ms) among "
-           f"{len(accepted)} accepted artifact(s) within the accuracy budget")
-    return {"path": best.path, "format": best.format, "precision": best.precision, "reason": why}
+    deploy = {"path": best.path, "format": best.format, "precision": best.precision,
+              "reason": f"lowest {best.latency_source} batch-1 latency on {target.name} ({best.estimated_latency_ms:.3g} ms) "
+                        f"among {len(accepted)} artifact(s) within the accuracy budget"}
+    bundle = next((a for a in artifacts if a.status == "bundle"), None)
+    if bundle is not None:
+        deploy["bundle"] = bundle.path
+        deploy["reason"] += f"; build the {best.precision} engine on the device with {bundle.path}/build_engine.sh"
+    return deploy

@@ -11,6 +11,7 @@ from compress.config import error_lines, read_yaml, sha256_json
 from compress.errors import ConfigError, TargetError, UnknownNameError
 from compress.registry import Registry
 
+from .host import detect_host
 from .profile import Budgets, TargetProfile
 
 __all__ = ["TargetProfile", "Budgets", "resolve", "registry", "load_profile", "fingerprint"]
@@ -39,6 +40,7 @@ def registry() -> Registry[TargetProfile]:
             profile = load_profile(Path(str(entry)))
             for name in (profile.name, *profile.aliases):
                 targets.add(name, profile)
+    targets.add("host", detect_host())
     return targets
 
 

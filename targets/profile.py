@@ -9,6 +9,15 @@ from compress.config import Strict
 
 Precision = Literal["fp32", "fp16", "int8"]
 
+# What each ONNX Runtime execution provider computes natively (TensorRT as a runtime runs all three).
+PROVIDER_PRECISIONS = {
+    "CPUExecutionProvider": {"fp32", "int8"},
+    "XnnpackExecutionProvider": {"fp32", "fp16", "int8"},
+    "CUDAExecutionProvider": {"fp32", "fp16", "int8"},
+    "TensorrtExecutionProvider": {"fp32", "fp16", "int8"},
+    "OpenVINOExecutionProvider": {"fp32", "fp16", "int8"},
+}
+
 
 class Budgets(Strict):
     latency_ms: Optional[PositiveFloat] = Field(None, description="batch-1 latency budget")
@@ -28,7 +37,8 @@ class TargetProfile(Strict):
     preferred_precisions: list[Precision] = Field(min_length=1, description="precisions to export by default, best first")
     sparsity_2_4: bool = Field(False, description="hardware accelerates 2:4 semi-structured sparsity")
     peak_tops: dict[Precision, PositiveFloat] = Field(description="dense peak, tera-operations per second (1 MAC = 2 ops)")
-    efficiency: float = Field(0.25, gt=0, le=1, description="share of peak a small CNN reaches; used by the cost model")
+    efficiency: float = Field(0.25, gt=0, le=1, description="share of peak a small CNN reaches; the cost model uses it and `compress profile --calibrate` measures it")
+    layer_overhead_us: float = Field(0.0, ge=0, description="fixed cost per layer (kernel launch, runtime dispatch)")
     memory_bandwidth_gbps: PositiveFloat
     memory_gb: PositiveFloat
     channel_alignment: PositiveInt = Field(1, description="channel counts should be a multiple of this")
@@ -36,6 +46,7 @@ class TargetProfile(Strict):
     tensorrt_version: Optional[str] = None
     jetpack: Optional[str] = None
     budgets: Budgets = Field(default_factory=Budgets)
+    host: bool = Field(False, description="the profile describes this machine: latencies measured here are the target's")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TargetProfile":
@@ -45,4 +56,9 @@ class TargetProfile(Strict):
         missing = set(self.precisions) - set(self.peak_tops)
         if missing:
             raise ValueError(f"peak_tops has no figure for {sorted(missing)}")
+        if self.runtime == "onnxruntime":
+            available = set().union(*(PROVIDER_PRECISIONS.get(p, {"fp32"}) for p in self.execution_providers))
+            lacking = [p for p in self.precisions if p not in available]
+            if lacking:
+                raise ValueError(f"precisions {lacking} are not run by any of the execution providers {self.execution_providers}")
         return self

@@ -48,7 +48,7 @@ def tiny_pipeline(**overrides) -> dict:
         "model": {"arch": "cnn_s", "kwargs": {"channels": [8, 16]}},
         "data": dict(TINY_DATA),
         "stages": [{"type": "train", "epochs": 1, "lr": 0.05}],
-        "export": {"latency_runs": 3, "latency_batch_sizes": [1]},
+        "export": {"formats": ["onnx"], "latency_runs": 3, "latency_batch_sizes": [1]},
         "target": "x86-cpu",
     }
     config.update(overrides)

@@ -13,9 +13,9 @@ from compress.targets import resolve
 @pytest.mark.parametrize("arch", ["cnn_s", "resnet_s", "mobilenet_s"])
 def test_onnx_parity_dynamic_batch_and_opset(arch, tiny_data, tmp_path):
     torch.manual_seed(0)
-    model = build_model(make_spec(arch, 1, 10))
-    artifacts, deploy = export_and_validate(model, tiny_data, ExportConfig(latency_runs=3, latency_batch_sizes=[1, 8]),
-                                            resolve("jetson"), tmp_path)
+    spec = make_spec(arch, 1, 10)
+    config = ExportConfig(formats=["onnx"], latency_runs=3, latency_batch_sizes=[1, 8])
+    artifacts, deploy = export_and_validate(build_model(spec), spec, tiny_data, config, resolve("jetson"), tmp_path)
     (a,) = artifacts
     assert a.parity["max_abs_diff"] <= 1e-4 and a.parity["top1_agreement"] == 1.0
     assert set(a.latency_ms) == {"1", "8"} and a.status == "ok" and deploy["path"] == a.path
@@ -25,9 +25,9 @@ def test_onnx_parity_dynamic_batch_and_opset(arch, tiny_data, tmp_path):
 
 
 def test_opset_above_target_maximum_is_refused(tiny_data, tmp_path):
-    model = build_model(make_spec("cnn_s", 1, 10, {"channels": [4]}))
+    spec = make_spec("cnn_s", 1, 10, {"channels": [4]})
     with pytest.raises(ExportError, match="above target jetson-orin-nano's maximum opset 20"):
-        export_and_validate(model, tiny_data, ExportConfig(opset=21), resolve("jetson"), tmp_path)
+        export_and_validate(build_model(spec), spec, tiny_data, ExportConfig(opset=21), resolve("jetson"), tmp_path)
 
 
 def artifact(precision="fp32", drop=0.0, estimate=1.0, size=1000):
@@ -37,7 +37,7 @@ def artifact(precision="fp32", drop=0.0, estimate=1.0, size=1000):
 
 @pytest.mark.parametrize("candidate, reason", [
     (artifact(drop=0.02), "accuracy drop 2.00% exceeds the budget 1.00%"),
-    (artifact(precision="fp16"), "x86-cpu does not run fp16"),
+    (artifact(precision="fp16"), "x86-avx2 does not run fp16"),
 ])
 def test_budgets_reject_with_reason(candidate, reason):
     apply_budgets(candidate, resolve("x86-cpu"))

@@ -28,7 +28,7 @@ def test_end_to_end_run_writes_checkpoints_artifacts_and_report(write_pipeline, 
     assert run(write_pipeline(tiny_pipeline(stages=TWO_STAGES)), run_dir) == 0
     r = report(run_dir)
     assert [s["status"] for s in r["stages"]] == ["ran", "ran"]
-    assert r["target"]["name"] == "x86-cpu" and r["versions"]["torch"] and len(r["config_hash"]) == 64
+    assert r["target"]["name"] == "x86-avx2" and r["versions"]["torch"] and len(r["config_hash"]) == 64
     for name in ("01-train", "02-train"):
         assert {p.name for p in (run_dir / "stages" / name).iterdir()} == {"spec.json", "weights.safetensors", "metrics.json"}
     metrics = r["stages"][1]["metrics"]

@@ -3,7 +3,8 @@ import yaml
 
 from compress.errors import TargetError
 from compress.targets import registry, resolve
-from compress.targets.cost import estimate_latency_ms
+from compress.metrics import LayerCost
+from compress.targets.cost import estimate_latency_ms, roofline_ms
 
 
 @pytest.mark.parametrize("name", registry().names())
@@ -17,7 +18,7 @@ def test_alias_resolves_to_profile():
 
 
 def user_profile(**change):
-    fields = resolve("x86-cpu").model_dump(mode="json")
+    fields = resolve("x86-avx2").model_dump(mode="json")
     fields.update(name="my-box", aliases=[], **change)
     return fields
 
@@ -46,9 +47,25 @@ def test_missing_profile_file(tmp_path):
         resolve(str(tmp_path / "none.yaml"))
 
 
-def test_roofline_is_compute_or_memory_bound():
+def test_roofline_is_compute_or_memory_bound_per_layer():
     jetson = resolve("jetson")
-    compute = estimate_latency_ms(macs=10**9, params=1000, precision="fp16", profile=jetson)
-    assert compute == pytest.approx(1e3 * 2e9 / (10e12 * 0.2))
-    memory = estimate_latency_ms(macs=1, params=10**8, precision="int8", profile=jetson)
-    assert memory == pytest.approx(1e3 * 1e8 / (68e9 * 0.2))
+    compute_bound = LayerCost("conv", macs=10**9, weights=1000, inputs=10, outputs=10)
+    memory_bound = LayerCost("fc", macs=1, weights=10**8, inputs=10, outputs=10)
+    assert roofline_ms([compute_bound], "fp16", jetson) == pytest.approx(1e3 * 2e9 / 10e12)
+    assert roofline_ms([memory_bound], "int8", jetson) == pytest.approx(1e3 * (1e8 + 20) / 68e9)
+    both = estimate_latency_ms([compute_bound, memory_bound], "int8", jetson, batch=1)
+    expected = (1e3 * 2e9 / 20e12 + 1e3 * (1e8 + 20) / 68e9) / jetson.efficiency + 2 * jetson.layer_overhead_us / 1e3
+    assert both == pytest.approx(expected)
+
+
+def test_host_profile_describes_this_machine():
+    host = resolve("host")
+    assert host.host and host.runtime == "onnxruntime" and host.peak_tops["int8"] >= host.peak_tops["fp32"]
+
+
+def test_precision_the_runtime_lacks_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(user_profile(precisions=["fp32", "fp16"], preferred_precisions=["fp16"],
+                                                peak_tops={"fp32": 1, "fp16": 2})))
+    with pytest.raises(TargetError, match=r"precisions \['fp16'\] are not run by any of the execution providers"):
+        resolve(str(path))

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import ModelError, WeightsError
 from ..registry import Registry
+from .resize import apply_resize
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
 ADAPTERS: Registry[Callable[..., nn.Module]] = Registry("model source")  # prefix before ':' in an arch reference
@@ -22,7 +23,8 @@ def make_spec(arch: str, in_channels: int, num_classes: int, kwargs: dict[str, A
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build an untrained model from a spec: a registered name, or 'torchvision:', 'timm:', 'python:' references."""
+    """Build an untrained model from a spec: a registered name, or 'torchvision:', 'timm:', 'python:' references;
+    spec["resize"] (written by structural pruning) then gives the named modules their pruned shapes."""
     arch, kwargs = spec["arch"], dict(spec.get("kwargs", {}))
     source, _, ref = arch.partition(":")
     args = dict(in_channels=spec["in_channels"], num_classes=spec["num_classes"], **kwargs)
@@ -33,7 +35,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         raise ModelError(f"model {arch!r}: bad arguments {kwargs}: {e}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {arch!r}: the builder returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return apply_resize(model, spec["resize"]) if spec.get("resize") else model
 
 
 @ADAPTERS.register("python")

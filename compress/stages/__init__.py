@@ -1,5 +1,7 @@
 """Pipeline stages; importing this package registers the built-in ones."""
 from .base import STAGES, Stage, StageConfig, StageResult, register_stage
 from . import train  # noqa: F401  (registers `train`)
+from . import prune  # noqa: F401  (registers `prune`)
+from . import meal  # noqa: F401  (registers `meal`)
 
 __all__ = ["STAGES", "Stage", "StageConfig", "StageResult", "register_stage"]

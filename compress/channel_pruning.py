@@ -1,0 +1,141 @@
+"""Structured channel pruning with torch-pruning's dependency graph: coupled channels (residual additions,
+concatenations, depthwise and grouped convolutions) are removed together, so the model becomes physically smaller."""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .data import Batch
+from .errors import ConfigError
+from .models import build_model
+from .pruning import Event
+from .training import Callback, Trainer, make_optimizer
+
+IMPORTANCE = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+    "bn_scale": tp.importance.BNScaleImportance,
+    "taylor": tp.importance.TaylorImportance,
+}
+MAX_RATIO = 0.99  # the largest share of a layer's channels a target search may remove
+
+
+class AlignedPruner(tp.pruner.BasePruner):
+    """torch-pruning's pruner, with channel counts rounded down to a multiple of `round_to` but never below one."""
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        keep = current_channels - n_pruned
+        return max(current_channels - max(keep - keep % round_to, round_to), 0)
+
+
+def make_pruner(model: nn.Module, example: torch.Tensor, ignored: list[str], ratios: list[float], importance: str = "l2",
+                round_to: int = 1) -> AlignedPruner:
+    """A per-layer pruner whose i-th `step()` cuts each channel group to 1 - ratios[i] of its initial width; groups
+    holding a layer named in `ignored` keep their channels."""
+    was_training = model.training
+    try:
+        return AlignedPruner(model, example, IMPORTANCE[importance](), pruning_ratio=ratios[-1], iterative_steps=len(ratios),
+                             iterative_pruning_ratio_scheduler=lambda ratio, steps: [0.0, *ratios],
+                             ignored_layers=[model.get_submodule(name) for name in ignored], round_to=round_to)
+    except Exception as e:
+        check_runs(model, example, "torch-pruning cannot trace the model")
+        raise ConfigError(f"torch-pruning cannot trace the model: {type(e).__name__}: {e}") from None
+    finally:
+        model.train(was_training)
+
+
+def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
+    """Run `model` on `example`; if it fails, raise a ConfigError naming the innermost module that was running."""
+    names = {m: name for name, m in model.named_modules()}
+    running: list[str] = []
+
+    def leave(*_) -> None:
+        running.pop()
+
+    hooks = [h for m in names for h in (m.register_forward_pre_hook(lambda m, _: running.append(names[m])), m.register_forward_hook(leave))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as e:
+        where = running[-1] if running else ""
+        what = f"module {where!r} ({type(model.get_submodule(where)).__name__})" if where else "the model's own forward"
+        raise ConfigError(f"{doing}: {what} fails with {type(e).__name__}: {e}. Exclude it (exclude: [{where!r}]) or the "
+                          f"layers that feed it, or make its shapes follow its input") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
+def trial(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: float, round_to: int) -> nn.Module:
+    """A copy of `model` pruned to `ratio` in one step, checked to run. Per-layer channel counts do not depend on the
+    importance criterion, so this predicts the shapes a gradual schedule ending at `ratio` gives."""
+    pruned = copy.deepcopy(model)
+    if ratio > 0:
+        make_pruner(pruned, example, ignored, [ratio], "l1", round_to).step()
+        check_runs(pruned, example, "the model fails after channel pruning")
+    return pruned
+
+
+def ratio_for(model: nn.Module, example: torch.Tensor, ignored: list[str], round_to: int, measure: Callable[[nn.Module], float],
+              goal: float, iterations: int = 12) -> tuple[float, nn.Module]:
+    """The smallest channel ratio whose pruned copy measures at most `goal`, found by bisection, and that copy;
+    MAX_RATIO and its copy when even that is not enough."""
+    low, high = 0.0, MAX_RATIO
+    best = trial(model, example, ignored, high, round_to)
+    if measure(best) > goal:
+        return high, best
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        pruned = trial(model, example, ignored, mid, round_to)
+        if measure(pruned) <= goal:
+            high, best = mid, pruned
+        else:
+            low = mid
+    return high, best
+
+
+def check_rebuilds(pruned: nn.Module, spec: dict) -> None:
+    """Raise ConfigError unless `build_model(spec)` gives every tensor of `pruned` its shape."""
+    rebuilt = build_model(spec).state_dict()
+    wrong = [f"{k} {tuple(t.shape)}" for k, t in pruned.state_dict().items() if k not in rebuilt or rebuilt[k].shape != t.shape]
+    if wrong:
+        raise ConfigError(f"the channel-pruned model cannot be rebuilt from its spec (only conv, linear, batch and group norm "
+                          f"layers are resized): {', '.join(wrong[:5])}; exclude the layers that feed these tensors")
+
+
+class ChannelPruning(Callback):
+    """Steps the pruner at the schedule's training steps and points the optimizer at the new, smaller tensors
+    (momentum restarts after each pruning step)."""
+
+    def __init__(self, pruner: AlignedPruner, events: list[Event]):
+        self.pruner, self.events = pruner, dict(events)
+        self.applied: list[list] = []  # [step, channel ratio] as applied
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.step(trainer)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.step(trainer)
+
+    def step(self, trainer: Trainer) -> None:
+        ratio = self.events.get(trainer.global_step)
+        if ratio is None:
+            return
+        if trainer.global_step == 0 and isinstance(self.pruner.importance, tp.importance.GroupTaylorImportance):
+            batch = Batch(*(t.to(trainer.device) for t in next(iter(trainer.loader))))
+            trainer.loss_fn(trainer.model(batch.x), batch).backward()  # Taylor importance needs gradients
+        was_training = trainer.model.training
+        self.pruner.step()
+        trainer.model.train(was_training)
+        fresh = make_optimizer(trainer.model, trainer.cfg)
+        for group, new in zip(trainer.optimizer.param_groups, fresh.param_groups):
+            group["params"] = new["params"]
+        trainer.optimizer.state.clear()
+        self.applied.append([trainer.global_step, ratio])

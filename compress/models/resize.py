@@ -1,0 +1,63 @@
+"""Rebuild structurally pruned models without pickle: spec["resize"] maps module names to new shape attributes."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from ..errors import ModelError
+
+SHAPE_ATTRS: dict[type, tuple[str, ...]] = {
+    _ConvNd: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    _BatchNorm: ("num_features",),
+    nn.GroupNorm: ("num_groups", "num_channels"),
+}
+
+
+def attrs_of(module: nn.Module) -> tuple[str, ...]:
+    """The shape attributes of a resizable module; () for any other module."""
+    return next((attrs for cls, attrs in SHAPE_ATTRS.items() if isinstance(module, cls)), ())
+
+
+def shape_attrs(model: nn.Module) -> dict[str, dict[str, int]]:
+    """{module name: {attribute: value}} for every resizable module of `model`."""
+    return {name: {a: getattr(m, a) for a in attrs_of(m)} for name, m in model.named_modules() if attrs_of(m)}
+
+
+def resize_changes(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The entries of `after` (from `shape_attrs`) that differ from `before`."""
+    return {name: attrs for name, attrs in after.items() if before.get(name) != attrs}
+
+
+def tensor_shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape each parameter and buffer of a resizable module must have, given its shape attributes."""
+    if isinstance(m, _ConvNd):
+        io = (m.in_channels, m.out_channels // m.groups) if m.transposed else (m.out_channels, m.in_channels // m.groups)
+        return {"weight": (*io, *m.kernel_size), "bias": (m.out_channels,)}
+    if isinstance(m, nn.Linear):
+        return {"weight": (m.out_features, m.in_features), "bias": (m.out_features,)}
+    n = m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features
+    return {key: (n,) for key in ("weight", "bias", "running_mean", "running_var")}
+
+
+def apply_resize(model: nn.Module, resize: dict[str, dict[str, Any]]) -> nn.Module:
+    """Give the named modules their recorded shapes (freshly initialised; load weights afterwards)."""
+    for name, attrs in resize.items():
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            raise ModelError(f"spec resize: the model has no module {name!r}") from None
+        unknown = set(attrs) - set(attrs_of(m))
+        if unknown:
+            raise ModelError(f"spec resize: module {name!r} ({type(m).__name__}) has no resizable attribute(s) {sorted(unknown)}")
+        for attr, value in attrs.items():
+            setattr(m, attr, value)
+        for key, shape in tensor_shapes(m).items():
+            t = getattr(m, key, None)
+            if t is not None:
+                setattr(m, key, nn.Parameter(t.new_empty(shape), t.requires_grad) if isinstance(t, nn.Parameter) else t.new_empty(shape))
+        m.reset_parameters()
+    return model

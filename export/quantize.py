@@ -1,0 +1,98 @@
+"""`onnx-int8`: post-training quantization with NNCF into Q/DQ ONNX, calibrated on the pipeline's calibration subset.
+
+Activations are symmetric (zero point 0, signed int8) for TensorRT targets, as TensorRT's explicit quantization
+requires; other runtimes get NNCF's mixed preset (asymmetric activations). When the target sets a maximum accuracy
+drop, NNCF's accuracy-controlled quantization keeps the most sensitive layers in fp32 to stay within it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compress.errors import ExportError
+
+from . import Exporter, ExportRequest, register_exporter
+from .onnx import fp32_onnx
+
+MIN_CALIBRATION = 32
+VALIDATION_BATCH = 100
+
+
+def signed_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn uint8 Q/DQ pairs with zero point 0 into int8 ones over the same range (scale x 255/127), in place."""
+    inits = {i.name: i for i in model.graph.initializer}
+    scaled = set()
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zero_point = inits.get(node.input[2])
+        if zero_point is None or zero_point.data_type != onnx.TensorProto.UINT8:
+            continue
+        if numpy_helper.to_array(zero_point).any():
+            raise ExportError(f"node {node.name}: asymmetric uint8 quantization cannot be made symmetric")
+        scale_name = node.input[1]
+        if scale_name not in scaled:
+            scale = inits[scale_name]
+            scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(255 / 127), scale_name))
+            scaled.add(scale_name)
+        zero_point.CopyFrom(numpy_helper.from_array(np.zeros(numpy_helper.to_array(zero_point).shape, np.int8), zero_point.name))
+    del model.graph.value_info[:]  # recorded uint8 types are stale; ONNX Runtime infers them again
+    return model
+
+
+def accuracy_fn(model: onnx.ModelProto, batches) -> tuple[float, list[float]]:
+    """NNCF validation function: top-1 accuracy of an ONNX model over (x, y) batches, and per-batch accuracy."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    per_batch = [float((session.run(None, {name: x})[0].argmax(1) == y).mean()) for x, y in batches]
+    return float(np.mean(per_batch)), per_batch
+
+
+@register_exporter
+class OnnxInt8Exporter(Exporter):
+    format = "onnx-int8"
+    precision = "int8"
+
+    def __init__(self):
+        self._notes: list[str] = []
+
+    def notes(self) -> list[str]:
+        return self._notes
+
+    def export(self, request: ExportRequest) -> Path:
+        import nncf
+
+        calibration = request.data.calibration
+        if len(calibration) < MIN_CALIBRATION:
+            raise ExportError(f"INT8 calibration needs at least {MIN_CALIBRATION} examples, the calibration set has "
+                              f"{len(calibration)}: raise data.calibration_size (or data.limit)")
+        nncf.set_log_level(logging.ERROR)
+        model = onnx.load(str(fp32_onnx(request)))
+        symmetric = request.target.runtime == "tensorrt"
+        preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
+        calib = nncf.Dataset([x[None].numpy() for x in calibration.x], lambda x: {"input": x})
+        settings = dict(preset=preset, subset_size=len(calibration))
+        max_drop = request.target.budgets.max_accuracy_drop
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
+            if max_drop is not None and request.config.accuracy_control:
+                val = request.data.val.head(request.config.validation_limit)
+                batches = [(x.numpy(), y.numpy()) for x, y in zip(val.x.split(VALIDATION_BATCH), val.y.split(VALIDATION_BATCH))]
+                quantized = nncf.quantize_with_accuracy_control(
+                    model, calib, nncf.Dataset(batches, lambda b: {"input": b[0]}), accuracy_fn, max_drop=max_drop, **settings)
+                self._notes.append(f"accuracy-controlled quantization (max drop {max_drop:.2%} on {len(val)} validation examples)")
+            else:
+                quantized = nncf.quantize(model, calib, **settings)
+        if symmetric:
+            signed_activations(quantized)
+            self._notes.append("symmetric signed int8 activations (zero point 0) for TensorRT")
+        path = request.out_dir / f"{request.name}.int8.onnx"
+        onnx.save(quantized, str(path))
+        return path

@@ -1,0 +1,203 @@
+"""`compress profile`: measure exported artifacts on this machine (ONNX Runtime, or trtexec for TensorRT engines)
+and calibrate the cost model's efficiency and per-layer overhead from the measurements."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import yaml
+
+from compress import __version__
+from compress.checkpoint import atomic_write, to_json
+from compress.errors import CompressError, TargetError
+from compress.metrics import LayerCost
+
+from .cost import roofline_ms
+from .profile import TargetProfile
+
+PRECISION_FROM_NAME = re.compile(r"\.(fp32|fp16|int8)\.(onnx|engine)$")
+
+
+def percentiles(times_ms: list[float], batch: int) -> dict[str, float]:
+    ordered = sorted(times_ms)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]  # noqa: E731
+    p50 = statistics.median(ordered)
+    return {"p50_ms": p50, "p90_ms": pick(0.9), "p99_ms": pick(0.99), "throughput_per_s": 1e3 * batch / p50}
+
+
+def time_onnx(path: str, providers: list[str], batches: list[int], runs: int, warmup: int) -> dict:
+    """Child-process body: latency percentiles per batch size and the process's peak resident memory."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=providers)
+    spec = session.get_inputs()[0]
+    result = {"provider": session.get_providers()[0], "batches": {}}
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        shape = [batch if not isinstance(d, int) else d for d in spec.shape]
+        feed = {spec.name: rng.standard_normal(shape).astype(np.float32)}
+        for _ in range(warmup):
+            session.run(None, feed)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append((time.perf_counter() - start) * 1e3)
+        result["batches"][str(batch)] = percentiles(times, batch)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def available_providers(target: TargetProfile) -> list[str]:
+    """The target's execution providers that this machine's ONNX Runtime has, best first (CPU at least)."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [p for p in target.execution_providers if p in have] or ["CPUExecutionProvider"]
+
+
+TRTEXEC_LATENCY = re.compile(r"Latency: .*?median = ([\d.]+) ms.*?percentile\(90%\) = ([\d.]+) ms.*?percentile\(99%\) = ([\d.]+) ms")
+TRTEXEC_THROUGHPUT = re.compile(r"Throughput: ([\d.]+) qps")
+
+
+def time_engine(trtexec: str, engine: Path, input_shape: list[int], batches: list[int], runs: int) -> dict:
+    """Latency of a TensorRT engine from trtexec's own summary lines."""
+    result = {"provider": "trtexec", "batches": {}}
+    for batch in batches:
+        shape = "x".join(str(d) for d in [batch, *input_shape])
+        out = subprocess.run([trtexec, f"--loadEngine={engine}", f"--shapes=input:{shape}", f"--iterations={runs}",
+                              "--percentile=90,99"], capture_output=True, text=True)
+        latency, throughput = TRTEXEC_LATENCY.search(out.stdout), TRTEXEC_THROUGHPUT.search(out.stdout)
+        if out.returncode != 0 or latency is None:
+            raise CompressError(f"{engine}: trtexec failed (exit {out.returncode}): {out.stderr.strip()[-300:]}")
+        p50, p90, p99 = (float(v) for v in latency.groups())
+        # trtexec's qps counts inferences of the whole batch
+        qps = float(throughput.group(1)) if throughput else 1e3 / p50
+        result["batches"][str(batch)] = {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "throughput_per_s": qps * batch}
+    return result
+
+
+def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], runs: int = 50, warmup: int = 10) -> dict:
+    """Measure every .onnx file (and .engine where trtexec exists) in `folder`; write profile.json there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CompressError(f"{folder}: not a folder of artifacts")
+    files = sorted(folder.glob("*.onnx")) + sorted(folder.glob("*.engine"))
+    if not files:
+        raise CompressError(f"{folder}: no .onnx or .engine files to profile")
+    providers, trtexec = available_providers(target), shutil.which("trtexec")
+    results, skipped = [], []
+    context = multiprocessing.get_context("spawn")  # a fresh process per artifact, so peak memory is its own
+    for path in files:
+        if path.suffix == ".engine":
+            if trtexec is None:
+                skipped.append(f"{path.name}: trtexec not found")
+                continue
+            shape = onnx_input_shape(next(folder.glob("*.onnx")))
+            timing = time_engine(trtexec, path, shape, batches, runs)
+        else:
+            with context.Pool(1) as pool:
+                timing = pool.apply(time_onnx, (str(path), providers, batches, runs, warmup))
+        match = PRECISION_FROM_NAME.search(path.name)
+        results.append({"file": path.name, "precision": match.group(1) if match else None, **timing})
+    profile = {"target": target.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "compress_version": __version__,
+               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+               "runs": runs, "warmup": warmup, "results": results, "skipped": skipped}
+    atomic_write(folder / "profile.json", to_json(profile))
+    merge_into_report(folder, profile)
+    return profile
+
+
+def merge_into_report(folder: Path, profile: dict) -> None:
+    """Add the measurements to the run's report.json (the folder's parent), when there is one."""
+    report_path = folder.parent / "report.json"
+    if report_path.is_file():
+        report = json.loads(report_path.read_text())
+        report["profile"] = profile
+        atomic_write(report_path, to_json(report))
+
+
+def onnx_input_shape(path: Path) -> list[int]:
+    """The per-example input shape of an ONNX model (batch axis dropped)."""
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims[1:]]
+
+
+def onnx_layer_costs(path: Path) -> list[LayerCost]:
+    """Per-layer MACs and sizes of the Conv and Gemm/MatMul nodes of an ONNX graph, for one example."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    dq_source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    weight = lambda name: inits.get(dq_source.get(name, name)) or shapes.get(name)  # noqa: E731
+    costs = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        w, out = weight(node.input[1]), shapes.get(node.output[0])
+        x = shapes.get(node.input[0])
+        if not (w and out and x):
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        per_output = int(np.prod(w[1:])) if node.op_type == "Conv" else (w[1] if trans_b else w[0])
+        costs.append(LayerCost(node.name, int(np.prod(out)) * per_output, int(np.prod(w)), int(np.prod(x)), int(np.prod(out))))
+    return costs
+
+
+def calibrate(profile: dict, folder: Path, target: TargetProfile) -> TargetProfile:
+    """Fit efficiency and per-layer overhead so that roofline/efficiency + layers*overhead matches the measurements."""
+    rows, measured = [], []
+    for result in profile["results"]:
+        if result["precision"] not in target.peak_tops or not result["file"].endswith(".onnx"):
+            continue
+        layers = onnx_layer_costs(folder / result["file"])
+        for batch, stats in result["batches"].items():
+            rows.append([roofline_ms(layers, result["precision"], target, int(batch)), len(layers) / 1e3])
+            measured.append(stats["p50_ms"])
+    if len(rows) < 2:
+        raise TargetError("calibration needs at least two measurements of artifacts whose precision the target runs")
+    (inverse_efficiency, overhead_us), *_ = np.linalg.lstsq(np.array(rows), np.array(measured), rcond=None)
+    efficiency = float(np.clip(1 / inverse_efficiency, 1e-4, 1.0)) if inverse_efficiency > 0 else 1.0
+    return target.model_copy(update={"name": f"{target.name}-calibrated", "aliases": [], "efficiency": efficiency,
+                                     "layer_overhead_us": max(0.0, float(overhead_us))})
+
+
+def write_calibrated(profile: TargetProfile, path: Path, measured: dict) -> None:
+    """Save a calibrated profile YAML (usable with --target PATH), the measurements in its header comment."""
+    header = [f"# {profile.name}: efficiency and layer_overhead_us fitted by `compress profile --calibrate` "
+              f"on {measured['created']}", "# measured p50 latency (ms) per file and batch size:"]
+    header += [f"#   {r['file']}: " + ", ".join(f"b{b} {s['p50_ms']:.3f}" for b, s in r["batches"].items()) for r in measured["results"]]
+    atomic_write(path, ("\n".join(header) + "\n" + yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)).encode())
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        batches = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise CompressError(f"--batch: expected comma-separated positive integers such as 1,8,32, got {text!r}")
+    return batches
+
+
+def summary_lines(profile: dict) -> list[str]:
+    lines = []
+    for r in profile["results"]:
+        cells = [f"b{b}: p50 {s['p50_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms, {s['throughput_per_s']:.0f}/s" for b, s in r["batches"].items()]
+        memory = f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+        lines.append(f"{r['file']} [{r['provider']}] " + "; ".join(cells) + memory)
+    return lines + [f"skipped {s}" for s in profile["skipped"]]
+

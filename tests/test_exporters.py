@@ -1,0 +1,149 @@
+"""Every exporter on a tiny model, INT8 details, the TensorRT bundle, the pre-flight check."""
+import json
+import shlex
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from compress.config import ExportConfig
+from compress.errors import ExportError
+from compress.export import EXPORTERS
+from compress.export.preflight import check_graph
+from compress.export.runner import default_formats, export_and_validate
+from compress.models import build_model, make_spec
+from compress.targets import resolve
+from compress.training import Trainer, TrainConfig
+
+FAST = ExportConfig(latency_runs=2, latency_batch_sizes=[1, 4], validation_limit=200)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data):
+    """cnn_s trained briefly, so quantization has real activation ranges to calibrate."""
+    from compress.context import RunContext
+    from compress.config import DataConfig
+
+    torch.manual_seed(0)
+    spec = make_spec("cnn_s", 1, 10, {"channels": [8, 16]})
+    model = build_model(spec)
+    ctx = RunContext(data=tiny_data, data_config=DataConfig(batch_size=32))
+    Trainer(model, TrainConfig(epochs=2, optimizer="adam", lr=0.01), ctx).fit()
+    return model.eval(), spec
+
+
+@pytest.mark.parametrize("target, formats", [
+    ("x86-avx512-vnni", ["onnx", "onnx-int8"]),
+    ("jetson-orin-nano", ["onnx", "onnx-fp16", "onnx-int8", "tensorrt"]),
+    ("jetson-nano", ["onnx", "onnx-fp16", "tensorrt"]),
+])
+def test_default_formats_follow_the_target(target, formats):
+    assert default_formats(resolve(target)) == formats
+
+
+@pytest.mark.parametrize("fmt", [f for f in EXPORTERS.names() if not EXPORTERS.get(f).packages])
+def test_every_file_exporter_is_validated(fmt, trained, tiny_data, tmp_path):
+    model, spec = trained
+    config = FAST.model_copy(update={"formats": ["onnx", fmt] if fmt != "onnx" else ["onnx"]})
+    artifacts, _ = export_and_validate(model, spec, tiny_data, config, resolve("jetson-orin-nano"), tmp_path)
+    artifact = artifacts[-1]
+    assert artifact.format == fmt and artifact.status in ("ok", "rejected"), artifact.reason
+    assert artifact.parity["top1_agreement"] > 0.9 and artifact.size_bytes > 0 and set(artifact.latency_ms) == {"1", "4"}
+    assert artifact.estimated_latency_ms > 0 and artifact.latency_source == "estimated"
+    bound = {"fp32": 1e-4, "fp16": 0.05, "int8": 2.0}[artifact.precision]
+    assert artifact.parity["max_abs_diff"] <= bound
+
+
+def zero_points(path):
+    model = onnx.load(path)
+    inits = {i.name: i for i in model.graph.initializer}
+    return [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+
+
+def test_int8_for_tensorrt_is_symmetric_signed(trained, tiny_data, tmp_path):
+    model, spec = trained
+    artifacts, _ = export_and_validate(model, spec, tiny_data, FAST.model_copy(update={"formats": ["onnx", "onnx-int8"]}),
+                                       resolve("jetson-orin-nano"), tmp_path)
+    int8 = artifacts[1]
+    points = zero_points(int8.path)
+    assert points and all(z.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(z).any() for z in points)
+    assert any("symmetric" in note for note in int8.notes) and any("accuracy-controlled" in n for n in int8.notes)
+    assert int8.accuracy_drop <= 0.05
+
+
+def test_int8_for_cpu_uses_accuracy_control_and_stays_close(trained, tiny_data, tmp_path):
+    model, spec = trained
+    artifacts, deploy = export_and_validate(model, spec, tiny_data, FAST, resolve("x86-avx512-vnni"), tmp_path)
+    assert [a.format for a in artifacts] == ["onnx", "onnx-int8"]
+    assert artifacts[1].accuracy_drop <= 0.02 and deploy is not None
+
+
+def test_too_small_calibration_set_is_recorded(trained, tiny_data, tmp_path):
+    from dataclasses import replace
+
+    model, spec = trained
+    data = replace(tiny_data, calibration=tiny_data.calibration.head(8))
+    artifacts, deploy = export_and_validate(model, spec, data, FAST.model_copy(update={"formats": ["onnx", "onnx-int8"]}),
+                                            resolve("x86-avx2"), tmp_path)
+    assert artifacts[1].status == "failed" and "at least 32 examples" in artifacts[1].reason
+    assert deploy["format"] == "onnx"
+
+
+def build_script_commands(path):
+    return [shlex.split(line) for line in path.read_text().splitlines() if line.startswith('"$TRTEXEC" --onnx')]
+
+
+def test_orin_bundle_has_the_right_trtexec_flags(trained, tiny_data, tmp_path):
+    model, spec = trained
+    artifacts, deploy = export_and_validate(model, {**spec, "sparsity_pattern": "2:4"}, tiny_data, FAST,
+                                            resolve("jetson"), tmp_path)
+    bundle = tmp_path / "tensorrt-jetson-orin-nano"
+    assert artifacts[-1].status == "bundle" and deploy["bundle"] == str(bundle)
+    commands = {cmd[2]: cmd for cmd in build_script_commands(bundle / "build_engine.sh")}
+    int8, fp16 = commands["--saveEngine=model.int8.engine"], commands["--saveEngine=model.fp16.engine"]
+    assert int8[1] == "--onnx=model.int8.onnx" and {"--int8", "--fp16", "--sparsity=enable"} <= set(int8)
+    assert fp16[1] == "--onnx=model.fp32.onnx" and "--fp16" in fp16 and "--int8" not in fp16
+    for cmd in (int8, fp16):
+        assert {"--minShapes=input:1x1x28x28", "--optShapes=input:4x1x28x28", "--maxShapes=input:8x1x28x28",
+                "--timingCacheFile=timing.cache"} <= set(cmd)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["tensorrt_version"] == "10.3" and manifest["jetpack"] == "6.1" and manifest["sparsity_2_4"]
+    assert manifest["input"]["shape"] == [-1, 1, 28, 28] and not manifest["engines_built"]
+    assert manifest["profile"] == "compress profile . --target jetson-orin-nano"
+    for line in (bundle / "checksums.sha256").read_text().splitlines():
+        digest, name = line.split()
+        from compress.checkpoint import sha256_file
+        assert sha256_file(bundle / name) == digest
+
+
+def test_no_sparsity_flag_without_the_pattern_or_support(trained, tiny_data, tmp_path):
+    model, spec = trained
+    export_and_validate(model, {**spec, "sparsity_pattern": "2:4"}, tiny_data, FAST, resolve("jetson-nano"), tmp_path)
+    commands = build_script_commands(tmp_path / "tensorrt-jetson-nano" / "build_engine.sh")
+    assert len(commands) == 1 and "--sparsity=enable" not in commands[0] and "--fp16" in commands[0]
+
+
+def graph_with(op: str, opset: int, tmp_path, domain: str = ""):
+    node = helper.make_node(op, ["x"], ["y"], name=f"my_{op.lower()}", domain=domain)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    return path
+
+
+@pytest.mark.parametrize("op, opset, target, words", [
+    ("Relu", 17, "jetson-nano", ["opset 17 is above target jetson-nano's maximum 13"]),
+    ("LayerNormalization", 13, "jetson-nano", ["node 'my_layernormalization'", "LayerNormalization", "TensorRT 8.2", "jetson-nano"]),
+    ("Unique", 17, "jetson", ["node 'my_unique'", "operator Unique", "jetson-orin-nano"]),
+])
+def test_preflight_names_op_node_and_target(op, opset, target, words, tmp_path):
+    message = str(pytest.raises(ExportError, check_graph, graph_with(op, opset, tmp_path), resolve(target)).value)
+    assert all(w in message for w in words)
+
+
+def test_preflight_accepts_supported_graph(tmp_path):
+    check_graph(graph_with("LayerNormalization", 17, tmp_path), resolve("jetson"))
+    check_graph(graph_with("Unique", 17, tmp_path), resolve("x86-avx2"))  # ONNX Runtime runs it

@@ -1,0 +1,271 @@
+"""The prune stage: schedule, masks, N:M, channel pruning, rebuild without pickle, and its errors."""
+import pytest
+import torch
+from torch import nn
+
+from compress.checkpoint import load_model_dir, save_model_dir
+from compress.config import load_pipeline
+from compress.errors import ConfigError, ModelError
+from compress.models import build_model, make_spec
+from compress.models.resize import apply_resize, resize_changes, shape_attrs
+from compress.pruning import MaskPruning, follows_nm, nm_violations, schedule, sparsity_at
+from compress.stages.prune import PruneConfig, PruneStage, ScheduleConfig
+from compress.training import Callback
+from conftest import tiny_pipeline
+
+RESNET = make_spec("resnet_s", 1, 10, {"widths": [8, 16], "depths": [1, 1]})
+CNN = make_spec("cnn_s", 1, 10, {"channels": [8, 16]})  # layers 0.0, 2.0, 5
+
+
+class Branchy(nn.Module):
+    """A user model with a residual addition, a concatenation, depthwise and grouped convolutions and a hidden linear layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16))
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.BatchNorm2d(16), nn.ReLU())
+        self.mix = nn.Conv2d(32, 32, 1)
+        self.hidden = nn.Linear(32, 32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x + self.depthwise(x), self.grouped(x)], 1)
+        return self.fc(self.hidden(self.mix(x).relu().mean((2, 3))).relu())
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(x.view(-1, 16))  # hard-coded width: breaks once channels are removed
+
+
+class HardCoded(nn.Module):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(self.conv(x))
+
+
+def branchy(in_channels: int, num_classes: int) -> nn.Module:
+    return Branchy(in_channels, num_classes)
+
+
+def hard_coded(in_channels: int, num_classes: int) -> nn.Module:
+    return HardCoded(in_channels, num_classes)
+
+
+def prune(ctx, spec, **config):
+    torch.manual_seed(0)
+    model = build_model(spec)
+    return model, PruneStage(PruneConfig(type="prune", **config)).run(model, spec, ctx)
+
+
+# --- schedule -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, initial, final, start, end, frequency, expected", [
+    ("cubic", 0.0, 0.8, 0, 100, 25, [(0, 0.0), (25, 0.4625), (50, 0.7), (75, 0.7875), (100, 0.8)]),
+    ("cubic", 0.0, 0.8, 0, 10, 4, [(0, 0.0), (4, 0.6272), (8, 0.7936), (10, 0.8)]),  # the last step always reaches final
+    ("linear", 0.2, 0.6, 10, 30, 10, [(10, 0.2), (20, 0.4), (30, 0.6)]),
+    ("one_shot", 0.0, 0.5, 40, 90, 10, [(40, 0.5)]),
+])
+def test_schedule_matches_hand_computed_values(kind, initial, final, start, end, frequency, expected):
+    got = schedule(kind, initial, final, start, end, frequency)
+    assert [t for t, _ in got] == [t for t, _ in expected]
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected])
+    assert sparsity_at(start - 1, kind, initial, final, start, end) == 0.0 and sparsity_at(end + 5, kind, initial, final, start, end) == final
+
+
+def test_schedule_config_resolves_fractions_and_steps():
+    assert ScheduleConfig().steps(80) == (0, 60)
+    assert ScheduleConfig(start_step=5, end_step=20).steps(80) == (5, 20)
+    assert ScheduleConfig(kind="one_shot", start=0.5).steps(80) == (40, 60)
+
+
+# --- unstructured and N:M masks ---------------------------------------------------------------------------------------
+
+class ZeroSpy(Callback):
+    """Checks, right after each optimizer step and before the masks are re-applied, that masked weights are still zero."""
+
+    def __init__(self, masking: MaskPruning):
+        self.masking, self.checked = masking, 0
+
+    def on_step_end(self, trainer):
+        for name, w in self.masking.weights.items():
+            assert not w[~self.masking.masks[name]].any(), name
+        self.checked += 1
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_masked_weights_stay_zero_through_optimizer_steps(ctx, optimizer):
+    from compress.training import Trainer, TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model(RESNET)
+    layers = {"blocks.0.conv2": model.blocks[0].conv2, "fc": model.fc}
+    masking = MaskPruning(layers, [(1, 0.5), (3, 0.7)])
+    spy = ZeroSpy(masking)
+    config = TrainConfig(epochs=1, optimizer=optimizer, lr=0.05, momentum=0.9, weight_decay=0.1)
+    Trainer(model, config, ctx, callbacks=[spy, masking]).fit()  # spy runs before masking re-applies the masks
+    assert spy.checked == 8 and masking.applied == [[1, 0.5], [3, 0.7]]
+    for name, layer in layers.items():
+        assert int((layer.weight == 0).sum()) == round(0.7 * layer.weight.numel())
+
+
+def test_magnitude_reaches_exactly_the_final_sparsity_and_keeps_excluded_layers_dense(ctx):
+    model, result = prune(ctx, RESNET, final_sparsity=0.75, schedule={"frequency": 2})
+    m = result.metrics
+    assert [t for t, _ in m["schedule"]] == [2, 4, 6] and m["schedule"][-1][1] == 0.75 and result.spec is None
+    assert set(m["layer_sparsity"]) == {"blocks.0.conv1.0", "blocks.0.conv2", "blocks.1.conv1.0", "blocks.1.conv2", "blocks.1.shortcut.0"}
+    for name, sparsity in m["layer_sparsity"].items():
+        n = model.get_submodule(name).weight.numel()
+        assert sparsity == round(0.75 * n) / n
+    assert model.stem[0].weight.count_nonzero() == model.stem[0].weight.numel() and model.fc.weight.count_nonzero() == model.fc.weight.numel()
+
+
+def test_global_ranking_sets_the_sparsity_over_all_layers_together(ctx):
+    model, result = prune(ctx, RESNET, final_sparsity=0.6, global_ranking=True, exclude=["fc"])
+    weights = [model.get_submodule(name).weight for name in result.metrics["layer_sparsity"]]
+    total = sum(w.numel() for w in weights)
+    assert sum(int((w == 0).sum()) for w in weights) == round(0.6 * total)
+    assert len(set(result.metrics["layer_sparsity"].values())) > 1  # layers differ
+
+
+def test_nm_checker():
+    w = torch.tensor([[1.0, 0, 2, 0, 0, 3, 4, 0], [0, 0, 0, 1, 5, 6, 0, 0]])
+    assert follows_nm(w, 2, 4) and not follows_nm(w, 1, 4)
+    conv = nn.Conv2d(8, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(w[:, :, None, None])  # the pattern runs along the input channels
+    assert follows_nm(conv.weight, 2, 4)
+    dense = nn.Linear(8, 2)
+    assert nm_violations({"conv": conv, "dense": dense, "odd": nn.Linear(6, 2)}, 2, 4) == ["dense"]  # 6 inputs: not eligible
+
+
+def test_nm_pruning_ends_in_the_2_4_pattern_and_marks_the_spec(ctx):
+    model, result = prune(ctx, RESNET, method="nm", schedule={"frequency": 3})
+    m = result.metrics
+    assert m["sparsity_pattern"] == "2:4" and m["nm_violations"] == [] and result.spec["sparsity_pattern"] == "2:4"
+    assert m["schedule"][-1] == [6, 0.5] and set(m["layer_sparsity"].values()) == {0.5}
+    for name in m["layer_sparsity"]:
+        assert follows_nm(model.get_submodule(name).weight, 2, 4)
+
+
+# --- structured channel pruning -------------------------------------------------------------------------------------
+
+def test_channel_pruning_reaches_the_macs_target_and_rebuilds_without_pickle(ctx, tmp_path):
+    spec = make_spec("resnet_s", 1, 10, {"widths": [16, 32], "depths": [1, 1]})
+    model, result = prune(ctx, spec, method="channel", target_macs=0.5, round_to=1, schedule={"frequency": 2})
+    m = result.metrics
+    assert 0.45 <= m["macs_ratio"] <= 0.5 and m["goal"] == {"key": "target_macs", "value": 0.5, "reached": m["macs_ratio"]}
+    assert [t for t, _ in m["schedule"]] == [2, 4, 6] and m["schedule"][-1][1] == m["channel_ratio"]
+    assert m["layer_sparsity"]["fc"] == 0.0 and model.fc.out_features == 10
+    assert result.spec["resize"]["stem.0"]["out_channels"] < 16
+    save_model_dir(tmp_path / "ckpt", model, result.spec, {})
+    rebuilt, rebuilt_spec, _ = load_model_dir(tmp_path / "ckpt")
+    x = ctx.data.val.x[:8]
+    assert rebuilt_spec == result.spec and torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-6)
+
+
+def test_channel_counts_round_to_the_target_alignment(ctx):
+    spec = make_spec("resnet_s", 1, 10, {"widths": [16, 32], "depths": [1, 1]})
+    model, result = prune(ctx, spec, method="channel", final_sparsity=0.3)  # x86-cpu: channel_alignment 8
+    assert result.metrics["round_to"] == 8
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m is not model.stem[0]:
+            assert m.out_channels % 8 == 0 and m.in_channels % 8 == 0
+
+
+@pytest.mark.parametrize("importance", ["l1", "bn_scale", "taylor"])
+def test_channel_pruning_of_a_user_model_with_branches(ctx, tmp_path, importance):
+    spec = make_spec("python:test_prune:branchy", 1, 10)
+    model, result = prune(ctx, spec, method="channel", final_sparsity=0.5, importance=importance, round_to=2,
+                          schedule={"kind": "one_shot"})
+    resize = result.spec["resize"]
+    assert resize["grouped.0"]["groups"] == 2 and resize["depthwise.0"]["groups"] == resize["depthwise.0"]["out_channels"] == 8
+    assert model.fc.out_features == 10 and "fc" not in resize or resize["fc"] == {"in_features": 16, "out_features": 10}
+    if importance != "bn_scale":  # bn_scale ranks only channels that feed a batch norm: the hidden linear layer stays
+        assert resize["hidden"]["out_features"] == 16
+    save_model_dir(tmp_path / "ckpt", model, result.spec, {})
+    rebuilt, _, _ = load_model_dir(tmp_path / "ckpt")
+    x = ctx.data.val.x[:4]
+    assert torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-5)
+
+
+def test_resize_round_trip_and_errors():
+    model = build_model(CNN)
+    before = shape_attrs(model)
+    assert before["0.0"] == {"in_channels": 1, "out_channels": 8, "groups": 1} and before["5"] == {"in_features": 16, "out_features": 10}
+    resize = {"0.0": {"out_channels": 4}, "0.1": {"num_features": 4}, "2.0": {"in_channels": 4}}
+    apply_resize(model, resize)
+    assert model[0][0].weight.shape == (4, 1, 3, 3) and model[0][1].running_mean.shape == (4,) and model[2][0].weight.shape == (16, 4, 3, 3)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert set(resize_changes(before, shape_attrs(model))) == {"0.0", "0.1", "2.0"}
+    with pytest.raises(ModelError, match="spec resize: the model has no module 'nope'"):
+        build_model({**CNN, "resize": {"nope": {"out_channels": 1}}})
+    with pytest.raises(ModelError, match=r"'1' \(MaxPool2d\) has no resizable attribute"):
+        build_model({**CNN, "resize": {"1": {"kernel_size": 3}}})
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+
+BAD_CONFIG = [
+    # (prune stage keys, words in the error)
+    ({"final_sparsity": 1.2}, ["stages[0].final_sparsity: must be in [0, 1), got 1.2"]),
+    ({"final_sparsity": -0.1}, ["stages[0].final_sparsity: must be in [0, 1), got -0.1"]),
+    ({"schedule": {"end": 1.5}}, ["stages[0].schedule.end: must be a fraction of the stage's training steps in [0, 1]", "got 1.5"]),
+    ({"schedule": {"start": 0.5, "end": 0.5}}, ["stages[0].schedule: start (0.5) must come before end (0.5)"]),
+    ({"schedule": {"kind": "exponential"}}, ["stages[0].schedule.kind", "'cubic', 'linear' or 'one_shot'"]),
+    ({"schedule": {"frequency": 0}}, ["stages[0].schedule.frequency", "greater than 0"]),
+    ({"schedule": {"initial_sparsity": 0.6}, "final_sparsity": 0.5}, ["schedule.initial_sparsity 0.6 is above the final sparsity 0.5"]),
+    ({"method": "prnue"}, ["stages[0].method", "'magnitude', 'nm' or 'channel'"]),
+    ({"target_macs": 0.25}, ["stages[0]: target_macs applies to method channel only, not magnitude"]),
+    ({"method": "channel", "target_macs": 1.5}, ["stages[0].target_macs: must be the share of MACs to keep, in (0, 1), got 1.5"]),
+    ({"method": "channel", "final_sparsity": 0.5, "target_macs": 0.25}, ["give one of final_sparsity, target_macs, target_latency_ms"]),
+    ({"method": "channel", "importance": "l3"}, ["stages[0].importance", "'l1', 'l2', 'bn_scale' or 'taylor'"]),
+    ({"method": "nm", "final_sparsity": 0.75}, ["final_sparsity: pattern 2:4 means sparsity 0.5; leave final_sparsity out"]),
+    ({"method": "nm", "pattern": "4:2"}, ["stages[0].pattern: must be 'N:M' with 0 < N < M"]),
+    ({"importance": "l1"}, ["importance applies to method channel only"]),
+    ({"exclude": "fc"}, ["stages[0].exclude", "valid list"]),
+    ({"spasity": 0.5}, ["stages[0].spasity: unknown key"]),
+]
+
+
+@pytest.mark.parametrize("keys, words", BAD_CONFIG)
+def test_bad_config_is_caught_at_validation(write_pipeline, keys, words):
+    path = write_pipeline(tiny_pipeline(stages=[{"type": "prune", **keys}]))
+    message = str(pytest.raises(ConfigError, load_pipeline, path).value)
+    for word in words:
+        assert word in message
+
+
+BAD_FOR_MODEL = [
+    # (model spec, prune stage keys, words in the error)
+    (CNN, {"exclude": ["stem.*"]}, ["stage 'train': exclude[0] 'stem.*' matches no conv or linear layer; the layers are: 0.0, 2.0, 5"]),
+    (CNN, {"include": ["blocks.*"]}, ["include[0] 'blocks.*' matches no conv or linear layer"]),
+    (CNN, {"include": ["5"], "exclude": ["5"]}, ["include/exclude leave no conv or linear layer to prune"]),
+    (CNN, {"schedule": {"start_step": 2, "end_step": 1000}}, ["schedule ends at step 1000, after training ends (step 8)"]),
+    (CNN, {"method": "nm", "include": ["0.0"], "exclude": []}, ["no layer in scope can hold the 2:4 pattern"]),
+    (CNN, {"method": "channel", "target_macs": 0.01}, ["target_macs 0.01 cannot be reached", "alignment to 8 channels"]),
+    (CNN, {"method": "channel", "target_latency_ms": 1e-6}, ["target_latency_ms 1e-06 cannot be reached"]),
+    (make_spec("python:test_prune:hard_coded", 1, 10), {"method": "channel"},
+     ["the model fails after channel pruning: module 'head' (Head) fails with RuntimeError", "Exclude it (exclude: ['head'])"]),
+]
+
+
+@pytest.mark.parametrize("spec, keys, words", BAD_FOR_MODEL)
+def test_errors_that_need_the_model_come_before_training(ctx, spec, keys, words):
+    model = build_model(spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError) as e:
+        PruneStage(PruneConfig(type="prune", **keys)).run(model, spec, ctx)
+    for word in words:
+        assert word in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was trained
