@@ -92,7 +92,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .targets import resolve
-    from .targets.bench import calibrate, parse_batches, profile_artifacts, summary_lines, write_calibrated
+    from .targets.bench import calibrate, onnx_layer_costs, parse_batches, profile_artifacts, summary_lines, write_calibrated
 
     target, folder = resolve(args.target), Path(args.artifacts)
     if args.runs < 1:
@@ -102,7 +102,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print("\n".join(summary_lines(profile)))
         print(f"wrote {folder / 'profile.json'}")
     if args.calibrate:
-        calibrated = calibrate(profile, folder, target)
+        layers = {r["file"]: onnx_layer_costs(folder / r["file"]) for r in profile["results"] if r["file"].endswith(".onnx")}
+        calibrated = calibrate(profile, target, layers)
         write_calibrated(calibrated, Path(args.calibrate), profile)
         if not args.quiet:
             print(f"calibrated: efficiency {calibrated.efficiency:.3g}, layer overhead {calibrated.layer_overhead_us:.3g} us "

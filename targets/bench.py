@@ -22,7 +22,7 @@ from compress.checkpoint import atomic_write, to_json
 from compress.errors import CompressError, TargetError
 from compress.metrics import LayerCost
 
-from .cost import roofline_ms
+from .cost import peak_terms_ms
 from .profile import TargetProfile
 
 PRECISION_FROM_NAME = re.compile(r"\.(fp32|fp16|int8)\.(onnx|engine)$")
@@ -157,22 +157,30 @@ def onnx_layer_costs(path: Path) -> list[LayerCost]:
     return costs
 
 
-def calibrate(profile: dict, folder: Path, target: TargetProfile) -> TargetProfile:
-    """Fit efficiency and per-layer overhead so that roofline/efficiency + layers*overhead matches the measurements."""
+def calibrate(profile: dict, target: TargetProfile, layers: dict[str, list[LayerCost]]) -> TargetProfile:
+    """Fit compute efficiency, memory efficiency and per-layer overhead to the measurements (least relative error).
+
+    `layers` maps each measured file to its per-layer costs (see `onnx_layer_costs`).
+    """
+    from scipy.optimize import nnls
+
     rows, measured = [], []
     for result in profile["results"]:
-        if result["precision"] not in target.peak_tops or not result["file"].endswith(".onnx"):
+        if result["precision"] not in target.peak_tops or result["file"] not in layers:
             continue
-        layers = onnx_layer_costs(folder / result["file"])
+        costs = layers[result["file"]]
         for batch, stats in result["batches"].items():
-            rows.append([roofline_ms(layers, result["precision"], target, int(batch)), len(layers) / 1e3])
+            rows.append([*peak_terms_ms(costs, result["precision"], target, int(batch)), len(costs) / 1e3])
             measured.append(stats["p50_ms"])
-    if len(rows) < 2:
-        raise TargetError("calibration needs at least two measurements of artifacts whose precision the target runs")
-    (inverse_efficiency, overhead_us), *_ = np.linalg.lstsq(np.array(rows), np.array(measured), rcond=None)
-    efficiency = float(np.clip(1 / inverse_efficiency, 1e-4, 1.0)) if inverse_efficiency > 0 else 1.0
-    return target.model_copy(update={"name": f"{target.name}-calibrated", "aliases": [], "efficiency": efficiency,
-                                     "layer_overhead_us": max(0.0, float(overhead_us))})
+    if len(rows) < 3:
+        raise TargetError("calibration needs at least three measurements (artifacts x batch sizes) in precisions the target runs")
+    weights = 1 / np.array(measured)  # relative error: batch-1 and batch-32 count alike
+    (inv_compute, inv_memory, overhead_us), _ = nnls(np.array(rows) * weights[:, None], np.array(measured) * weights)
+    return target.model_copy(update={
+        "name": f"{target.name}-calibrated", "aliases": [],
+        "efficiency": float(np.clip(1 / inv_compute, 1e-4, 1.0)) if inv_compute > 0 else 1.0,
+        "memory_efficiency": float(1 / inv_memory) if inv_memory > 0 else 1e3,
+        "layer_overhead_us": float(overhead_us)})
 
 
 def write_calibrated(profile: TargetProfile, path: Path, measured: dict) -> None:

@@ -37,7 +37,8 @@ class TargetProfile(Strict):
     preferred_precisions: list[Precision] = Field(min_length=1, description="precisions to export by default, best first")
     sparsity_2_4: bool = Field(False, description="hardware accelerates 2:4 semi-structured sparsity")
     peak_tops: dict[Precision, PositiveFloat] = Field(description="dense peak, tera-operations per second (1 MAC = 2 ops)")
-    efficiency: float = Field(0.25, gt=0, le=1, description="share of peak a small CNN reaches; the cost model uses it and `compress profile --calibrate` measures it")
+    efficiency: float = Field(0.25, gt=0, le=1, description="share of peak compute a small CNN reaches; `compress profile --calibrate` measures it")
+    memory_efficiency: Optional[float] = Field(None, gt=0, description="share of peak bandwidth reached (default: efficiency); may exceed 1 where caches hold the activations")
     layer_overhead_us: float = Field(0.0, ge=0, description="fixed cost per layer (kernel launch, runtime dispatch)")
     memory_bandwidth_gbps: PositiveFloat
     memory_gb: PositiveFloat

@@ -4,7 +4,7 @@ import yaml
 from compress.errors import TargetError
 from compress.targets import registry, resolve
 from compress.metrics import LayerCost
-from compress.targets.cost import estimate_latency_ms, roofline_ms
+from compress.targets.cost import estimate_latency_ms, peak_terms_ms
 
 
 @pytest.mark.parametrize("name", registry().names())
@@ -47,15 +47,17 @@ def test_missing_profile_file(tmp_path):
         resolve(str(tmp_path / "none.yaml"))
 
 
-def test_roofline_is_compute_or_memory_bound_per_layer():
+def test_cost_model_adds_compute_memory_and_overhead_terms():
     jetson = resolve("jetson")
-    compute_bound = LayerCost("conv", macs=10**9, weights=1000, inputs=10, outputs=10)
-    memory_bound = LayerCost("fc", macs=1, weights=10**8, inputs=10, outputs=10)
-    assert roofline_ms([compute_bound], "fp16", jetson) == pytest.approx(1e3 * 2e9 / 10e12)
-    assert roofline_ms([memory_bound], "int8", jetson) == pytest.approx(1e3 * (1e8 + 20) / 68e9)
-    both = estimate_latency_ms([compute_bound, memory_bound], "int8", jetson, batch=1)
-    expected = (1e3 * 2e9 / 20e12 + 1e3 * (1e8 + 20) / 68e9) / jetson.efficiency + 2 * jetson.layer_overhead_us / 1e3
-    assert both == pytest.approx(expected)
+    conv = LayerCost("conv", macs=10**9, weights=1000, inputs=10, outputs=10)
+    fc = LayerCost("fc", macs=1, weights=10**8, inputs=10, outputs=10)
+    compute, memory = peak_terms_ms([conv, fc], "int8", jetson, batch=2)
+    assert compute == pytest.approx(1e3 * 2 * (10**9 + 1) * 2 / 20e12)
+    assert memory == pytest.approx(1e3 * (1000 + 10**8 + 2 * 40) / 68e9)
+    expected = compute / jetson.efficiency + memory / jetson.efficiency + 2 * jetson.layer_overhead_us / 1e3
+    assert estimate_latency_ms([conv, fc], "int8", jetson, batch=2) == pytest.approx(expected)
+    faster_memory = jetson.model_copy(update={"memory_efficiency": 1.0})
+    assert estimate_latency_ms([conv, fc], "int8", faster_memory, batch=2) < expected
 
 
 def test_host_profile_describes_this_machine():

@@ -11,7 +11,7 @@ from ..channel_pruning import MAX_RATIO, ChannelPruning, check_rebuilds, make_pr
 from ..config import Strict
 from ..context import RunContext
 from ..errors import ConfigError
-from ..metrics import count_macs
+from ..metrics import count_macs, layer_costs
 from ..models.resize import resize_changes, shape_attrs
 from ..targets.cost import estimate_latency_ms
 from ..pruning import MaskPruning, layer_sparsity, layers_in_order, nm_eligible, nm_violations, schedule, select
@@ -151,10 +151,9 @@ class PruneStage(Stage):
             if not scope:
                 raise ConfigError("include/exclude leave no conv or linear layer to prune")
             trainer = Trainer(model, cfg.train_config(), ctx)
-            start, end = cfg.schedule.steps(trainer.total_steps)
-            if cfg.method == "channel":
-                return self.prune_channels(model, spec, ctx, trainer, names, scope, (start, end))
-            return self.prune_weights(model, spec, trainer, {n: layers[n] for n in scope}, (start, end))
+            steps = cfg.schedule.steps(trainer.total_steps)
+            prune = self.prune_channels if cfg.method == "channel" else self.prune_weights
+            return prune(model, spec, ctx, trainer, layers, scope, steps)
         except ConfigError as e:
             raise ConfigError(f"stage {ctx.stage_name!r}: {e}") from None
 
@@ -163,25 +162,25 @@ class PruneStage(Stage):
         s = self.config.schedule
         return [(t, v) for t, v in schedule(s.kind, s.initial_sparsity, final, *steps, s.frequency) if v > 0]
 
-    def prune_weights(self, model, spec, trainer: Trainer, layers: dict[str, nn.Module], steps) -> StageResult:
+    def prune_weights(self, model, spec, ctx, trainer: Trainer, layers: dict[str, nn.Module], scope: list[str], steps) -> StageResult:
         cfg = self.config
         nm = cfg.nm if cfg.method == "nm" else None
-        if nm:
-            layers = {name: layer for name, layer in layers.items() if nm_eligible(layer.weight, nm[1])}
-            if not layers:
-                raise ConfigError(f"no layer in scope can hold the {cfg.pattern} pattern (input channels must be a multiple of {nm[1]})")
-        callback = MaskPruning(layers, self.events(cfg.sparsity, steps), cfg.global_ranking, nm)
+        chosen = {name: layers[name] for name in scope if nm is None or nm_eligible(layers[name].weight, nm[1])}
+        if not chosen:
+            raise ConfigError(f"no layer in scope can hold the {cfg.pattern} pattern (input channels must be a multiple of {nm[1]})")
+        callback = MaskPruning(chosen, self.events(cfg.sparsity, steps), cfg.global_ranking, nm)
         trainer.callbacks.append(callback)
         history = trainer.fit()
-        metrics = {"method": cfg.method, "schedule": callback.applied, "layer_sparsity": layer_sparsity(layers), "history": history}
+        metrics = {"method": cfg.method, "scope": list(chosen), "schedule": callback.applied,
+                   "layer_sparsity": layer_sparsity(layers), "history": history}
         if not nm:
             return StageResult(model=model, metrics=metrics)
-        violations = nm_violations(layers, *nm)
+        violations = nm_violations(chosen, *nm)
         metrics.update(sparsity_pattern=None if violations else cfg.pattern, nm_violations=violations)
         return StageResult(model=model, spec=None if violations else {**spec, "sparsity_pattern": cfg.pattern}, metrics=metrics)
 
-    def prune_channels(self, model, spec, ctx: RunContext, trainer: Trainer, names: list[str], scope: list[str], steps) -> StageResult:
-        cfg, shape = self.config, ctx.data.input_shape
+    def prune_channels(self, model, spec, ctx, trainer: Trainer, layers: dict[str, nn.Module], scope: list[str], steps) -> StageResult:
+        cfg, shape, names = self.config, ctx.data.input_shape, list(layers)
         example = torch.zeros(1, *shape, device=ctx.device)
         ignored = [n for n in names if n not in scope]
         round_to = cfg.round_to or (ctx.target.channel_alignment if ctx.target else 1)
@@ -202,13 +201,15 @@ class PruneStage(Stage):
         resized = {k: v for k, v in spec.items() if k != "sparsity_pattern"}
         resized["resize"] = {**spec.get("resize", {}), **resize_changes(before, shape_attrs(pruned))}
         check_rebuilds(pruned, resized)
-        events = self.events(ratio, steps)
-        callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], cfg.importance, round_to), events) if events else None
-        trainer.callbacks += [callback] if callback else []
+        events, applied = self.events(ratio, steps), []
+        if events:
+            callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], cfg.importance, round_to), events)
+            trainer.callbacks.append(callback)
+            applied = callback.applied
         history = trainer.fit()
         after = shape_attrs(model)
         resized["resize"] = {**spec.get("resize", {}), **resize_changes(before, after)}
-        metrics = {"method": "channel", "schedule": callback.applied if callback else [], "channel_ratio": ratio, "round_to": round_to,
+        metrics = {"method": "channel", "scope": scope, "schedule": applied, "channel_ratio": ratio, "round_to": round_to,
                    "macs_ratio": count_macs(model, shape) / base_macs,
                    "layer_sparsity": {n: 1 - width(after[n]) / width(before[n]) for n in names}, "history": history}
         if goal is not None:
@@ -229,7 +230,7 @@ class PruneStage(Stage):
         if value is None:
             raise ConfigError(f"target_latency_ms: budget: target {target.name} has no latency budget; give milliseconds")
         precision = target.preferred_precisions[0]
-        measure = lambda m: estimate_latency_ms(count_macs(m, shape), sum(p.numel() for p in m.parameters()), precision, target)  # noqa: E731
+        measure = lambda m: estimate_latency_ms(layer_costs(m, shape), precision, target)  # noqa: E731
         return "target_latency_ms", measure, value
 
 
