@@ -25,11 +25,11 @@ MAX_RATIO = 0.99  # the largest share of a layer's channels a target search may 
 
 
 class AlignedPruner(tp.pruner.BasePruner):
-    """torch-pruning's pruner, with channel counts rounded down to a multiple of `round_to` but never below one."""
+    """torch-pruning's pruner, with channel counts rounded to the nearest multiple of `round_to` (at least one)."""
 
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
         keep = current_channels - n_pruned
-        return max(current_channels - max(keep - keep % round_to, round_to), 0)
+        return max(current_channels - max(round_to, round_to * int(keep / round_to + 0.5)), 0)
 
 
 def make_pruner(model: nn.Module, example: torch.Tensor, ignored: list[str], ratios: list[float], importance: str = "l2",

@@ -98,6 +98,7 @@ def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Option
             records.append({**meta["stage"], "status": "resumed", "metrics": read_metrics(folders[i])})
         say(f"resuming {run_dir}: reusing finished stage(s) 1-{done} ({', '.join(r['label'] for r in records)})", quiet)
     else:
+        seed_everything(cfg.seed)  # initial weights follow the config's seed
         model = build_model(spec)
         if cfg.model.weights:
             load_weights(model, cfg.model.weights)

@@ -102,3 +102,14 @@ def test_kill_during_second_stage_then_resume(write_pipeline, tmp_path):
     assert run(write_pipeline(tiny_pipeline(stages=[slow[0], {**slow[1], "epochs": 1}])), run_dir) == 0
     stages = report(run_dir)["stages"]
     assert [s["status"] for s in stages] == ["resumed", "ran"] and stages[0]["metrics"] == first
+
+
+def test_runs_are_reproducible_from_the_seed(write_pipeline, tmp_path):
+    path = write_pipeline(tiny_pipeline())
+    digests = []
+    for name in ("a", "b"):
+        run(path, tmp_path / name)
+        digests.append(json.loads((tmp_path / name / "stages" / "01-train" / "spec.json").read_text())["files"]["weights.safetensors"])
+    assert digests[0] == digests[1]
+    run(write_pipeline(tiny_pipeline(seed=1), "seed1.yaml"), tmp_path / "c")
+    assert json.loads((tmp_path / "c" / "stages" / "01-train" / "spec.json").read_text())["files"]["weights.safetensors"] != digests[0]

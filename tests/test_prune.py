@@ -5,13 +5,16 @@ import pytest
 import torch
 from torch import nn
 
+from compress.channel_pruning import check_rebuilds, trial
 from compress.checkpoint import load_model_dir, save_model_dir
 from compress.config import load_pipeline
 from compress.errors import ConfigError, ModelError
-from compress.models import build_model, make_spec
+from compress.metrics import count_macs, layer_costs
+from compress.models import MODELS, build_model, make_spec
 from compress.models.resize import apply_resize, resize_changes, shape_attrs
-from compress.pruning import MaskPruning, follows_nm, nm_violations, schedule, sparsity_at
+from compress.pruning import MaskPruning, follows_nm, layers_in_order, nm_violations, schedule, sparsity_at
 from compress.stages.prune import PruneConfig, PruneStage, ScheduleConfig
+from compress.targets.cost import estimate_latency_ms
 from compress.training import Callback
 from conftest import tiny_pipeline
 
@@ -182,6 +185,28 @@ def test_channel_pruning_reaches_the_macs_target_and_rebuilds_without_pickle(ctx
     rebuilt, rebuilt_spec, _ = load_model_dir(tmp_path / "ckpt")
     x = ctx.data.val.x[:8]
     assert rebuilt_spec == result.spec and torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_every_built_in_model_can_be_channel_pruned_and_rebuilt(arch):
+    spec = make_spec(arch, 1, 10)
+    model = build_model(spec)
+    output_layer = list(layers_in_order(model, (1, 28, 28)))[-1:]
+    pruned = trial(model, torch.zeros(1, 1, 28, 28), output_layer, 0.5, 8)
+    resized = {**spec, "resize": resize_changes(shape_attrs(model), shape_attrs(pruned))}
+    check_rebuilds(pruned, resized)
+    build_model(resized).load_state_dict(pruned.state_dict())
+    assert count_macs(pruned, (1, 28, 28)) < 0.5 * count_macs(model, (1, 28, 28))
+
+
+def test_channel_pruning_to_a_latency_target(ctx):
+    spec = make_spec("resnet_s", 1, 10, {"widths": [16, 32], "depths": [1, 1]})
+    precision = ctx.target.preferred_precisions[0]
+    budget = 0.6 * estimate_latency_ms(layer_costs(build_model(spec), (1, 28, 28)), precision, ctx.target)
+    model, result = prune(ctx, spec, method="channel", target_latency_ms=budget)
+    goal = result.metrics["goal"]
+    assert goal["key"] == "target_latency_ms" and goal["value"] == budget
+    assert goal["reached"] == estimate_latency_ms(layer_costs(model, (1, 28, 28)), precision, ctx.target) <= budget
 
 
 def test_channel_counts_round_to_the_target_alignment(ctx):
