@@ -13,7 +13,7 @@ from .data import Batch
 from .errors import ConfigError
 from .models import build_model
 from .pruning import Event
-from .training import Callback, Trainer, make_optimizer
+from .training import Callback, Trainer
 
 IMPORTANCE = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -43,7 +43,8 @@ def make_pruner(model: nn.Module, example: torch.Tensor, ignored: list[str], rat
                              ignored_layers=[model.get_submodule(name) for name in ignored], round_to=round_to)
     except Exception as e:
         check_runs(model, example, "torch-pruning cannot trace the model")
-        raise ConfigError(f"torch-pruning cannot trace the model: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"torch-pruning cannot trace the model: {type(e).__name__}: {e}; exclude the layers around the "
+                          f"operation it cannot follow, or use method magnitude or nm") from None
     finally:
         model.train(was_training)
 
@@ -56,7 +57,8 @@ def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
     def leave(*_) -> None:
         running.pop()
 
-    hooks = [h for m in names for h in (m.register_forward_pre_hook(lambda m, _: running.append(names[m])), m.register_forward_hook(leave))]
+    hooks = [h for m in names
+             for h in (m.register_forward_pre_hook(lambda m, _: running.append(names[m])), m.register_forward_hook(leave))]
     was_training = model.training
     model.eval()
     try:
@@ -65,8 +67,8 @@ def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
     except Exception as e:
         where = running[-1] if running else ""
         what = f"module {where!r} ({type(model.get_submodule(where)).__name__})" if where else "the model's own forward"
-        raise ConfigError(f"{doing}: {what} fails with {type(e).__name__}: {e}. Exclude it (exclude: [{where!r}]) or the "
-                          f"layers that feed it, or make its shapes follow its input") from None
+        raise ConfigError(f"{doing}: {what} fails with {type(e).__name__}: {e}. Exclude the layers that feed it (exclude keeps "
+                          f"a layer's output channels) or make its shapes follow its input") from None
     finally:
         for h in hooks:
             h.remove()
@@ -111,8 +113,8 @@ def check_rebuilds(pruned: nn.Module, spec: dict) -> None:
 
 
 class ChannelPruning(Callback):
-    """Steps the pruner at the schedule's training steps and points the optimizer at the new, smaller tensors
-    (momentum restarts after each pruning step)."""
+    """Steps the pruner at the schedule's training steps, then tells the trainer its tensors changed (new optimizer
+    groups; momentum restarts)."""
 
     def __init__(self, pruner: AlignedPruner, events: list[Event]):
         self.pruner, self.events = pruner, dict(events)
@@ -134,8 +136,5 @@ class ChannelPruning(Callback):
         was_training = trainer.model.training
         self.pruner.step()
         trainer.model.train(was_training)
-        fresh = make_optimizer(trainer.model, trainer.cfg)
-        for group, new in zip(trainer.optimizer.param_groups, fresh.param_groups):
-            group["params"] = new["params"]
-        trainer.optimizer.state.clear()
+        trainer.structure_changed()
         self.applied.append([trainer.global_step, ratio])

@@ -10,6 +10,7 @@ import torch
 
 from .config import DataConfig
 from .data import DataBundle
+from .distributed import SINGLE, Distributed
 
 
 @dataclass
@@ -22,7 +23,13 @@ class RunContext:
     seed: int = 0
     quiet: bool = True
     stage_name: str = "train"
-    stage_dir: Optional[Path] = None  # the running stage's private folder; kept only when the stage finishes
+    stage_dir: Optional[Path] = None  # the running stage's private folder, kept across interrupted runs
+    dist: Distributed = SINGLE  # torchrun rank and world size; only rank 0 writes files
+
+    @property
+    def is_main(self) -> bool:
+        """True in a single process and on rank 0: the process that may write files."""
+        return self.dist.is_main
 
     def log(self, message: str) -> None:
         """A progress line on stderr, unless quiet."""

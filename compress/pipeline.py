@@ -13,6 +13,7 @@ import yaml
 
 from .checkpoint import atomic_write, load_model_dir, read_metrics, read_spec, save_model_dir
 from .config import Pipeline, load_pipeline
+from .distributed import Distributed, barrier, init_from_env, shutdown
 from .context import RunContext, say
 from .data import load_data
 from .errors import ConfigError, ExportError, RunDirError
@@ -66,9 +67,12 @@ def resolve_device(name: str) -> torch.device:
 
 def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Optional[str | Path] = None,
                  resume: bool = True, quiet: bool = False, device: str = "cpu") -> dict:
-    """Run a pipeline file end to end and return its report (also written to <run_dir>/report.json)."""
-    from .export.runner import export_and_validate
-    from .targets import fingerprint, resolve
+    """Run a pipeline file end to end and return its report (also written to <run_dir>/report.json).
+
+    Under torchrun (WORLD_SIZE > 1) every rank trains its share of each batch; rank 0 writes files and returns the
+    report, the other ranks return None.
+    """
+    from .targets import resolve
 
     started = time.time()
     pipeline = load_pipeline(path)
@@ -79,9 +83,33 @@ def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Option
     profile = resolve(target_name)
     check_export_config(pipeline, profile)
     torch_device = resolve_device(device)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / cfg.name
-    prepare_run_dir(run_dir)
-    atomic_write(run_dir / "pipeline.resolved.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+    group = init_from_env(device)
+    try:
+        return execute(pipeline, profile, Path(run_dir) if run_dir else Path("runs") / cfg.name, resume,
+                       quiet or not group.is_main, device_for_rank(torch_device, group), group, started)
+    finally:
+        shutdown(group)
+
+
+def device_for_rank(device: torch.device, group: Distributed) -> torch.device:
+    """Each torchrun process on a GPU machine takes the GPU of its local rank."""
+    if device.type != "cuda" or not group.enabled:
+        return device
+    torch.cuda.set_device(group.local_rank)
+    return torch.device("cuda", group.local_rank)
+
+
+def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: bool, torch_device: torch.device,
+            group: Distributed, started: float) -> Optional[dict]:
+    """Stages (resumed or run), export, report; under torchrun every rank trains and only rank 0 writes."""
+    from .export.runner import export_and_validate
+    from .targets import fingerprint
+
+    cfg = pipeline.config
+    if group.is_main:
+        prepare_run_dir(run_dir)
+        atomic_write(run_dir / "pipeline.resolved.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+    barrier(group)
 
     data = load_data(cfg.data, cfg.seed)
     spec = make_spec(cfg.model.arch, cfg.model.in_channels or data.in_channels, cfg.model.num_classes or data.num_classes, cfg.model.kwargs)
@@ -109,7 +137,8 @@ def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Option
         label = scfg.name or scfg.type
         seed_everything(cfg.seed + i)
         ctx = RunContext(data=data, data_config=cfg.data, run_dir=run_dir, target=profile, device=torch_device,
-                         seed=cfg.seed + i, quiet=quiet, stage_name=label, stage_dir=run_dir / "work" / folders[i].name)
+                         seed=cfg.seed + i, quiet=quiet, stage_name=label, stage_dir=run_dir / "work" / folders[i].name,
+                         dist=group)
         say(f"stage {i + 1}/{len(pipeline.stages)}: {label}", quiet)
         t0 = time.time()
         result = cls(scfg).run(model, spec, ctx)
@@ -118,9 +147,14 @@ def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Option
         metrics = {**model_metrics(model, data.input_shape), "val_accuracy": val["accuracy"], "val_loss": val["loss"],
                    "seconds": time.time() - t0, **result.metrics}
         stage_info = {"index": i, "type": scfg.type, "label": label, "hash": hashes[i]}
-        save_model_dir(folders[i], model, spec, metrics, {"stage": stage_info})
-        remove_stale_stages(run_dir, keep=folders[: i + 1])
+        if group.is_main:
+            save_model_dir(folders[i], model, spec, metrics, {"stage": stage_info})
+            remove_stale_stages(run_dir, keep=folders[: i + 1])
+        barrier(group)
         records.append({**stage_info, "status": "ran", "metrics": metrics})
+
+    if not group.is_main:
+        return None
 
     test = evaluate(model, data.test, cfg.data.eval_batch_size, torch_device) if data.test is not None else None
     say("export and validation", quiet)

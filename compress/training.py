@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .config import Strict
 from .data import Batch, BatchLoader, Split
+from .distributed import all_reduce
 from .errors import TrainingError
 
 if TYPE_CHECKING:
@@ -54,15 +55,36 @@ class Trainer:
         self.data, self.device, self.name = ctx.data, ctx.device, ctx.stage_name
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn or (lambda logits, batch: nn.functional.cross_entropy(logits, batch.y, label_smoothing=cfg.label_smoothing))
-        data_cfg = ctx.data_config
+        data_cfg, self.dist = ctx.data_config, ctx.dist
         self.eval_batch_size = data_cfg.eval_batch_size
-        self.loader = BatchLoader(ctx.data.train, data_cfg.batch_size, shuffle=True, seed=ctx.seed, augment=data_cfg.augment)
+        # data.batch_size is the global batch: each of the world_size ranks takes its share
+        self.loader = BatchLoader(ctx.data.train, max(1, data_cfg.batch_size // self.dist.world_size), shuffle=True,
+                                  seed=ctx.seed, augment=data_cfg.augment, rank=self.dist.rank, world_size=self.dist.world_size)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
         self.global_step = 0
         self.history: list[dict] = []
+        self.forward = self.wrap(model)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls: DistributedDataParallel under torchrun, the model itself otherwise."""
+        if not self.dist.enabled:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def structure_changed(self) -> None:
+        """Call after a callback replaced parameters (e.g. removed channels): new optimizer groups, new DDP wrapper.
+
+        The learning-rate schedule carries on; optimizer state (momentum) starts afresh for the new tensors.
+        """
+        fresh = make_optimizer(self.model, self.cfg)
+        for group, new in zip(self.optimizer.param_groups, fresh.param_groups):
+            group["params"] = new["params"]
+        self.optimizer.state.clear()
+        self.forward = self.wrap(self.model)
 
     def fit(self) -> list[dict]:
         """Run all epochs; returns one metrics dict per epoch (train loss/accuracy, val loss/accuracy, lr)."""
@@ -88,9 +110,10 @@ class Trainer:
                    disable=self.ctx.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         for batch in bar:
             batch = Batch(*(t.to(self.device) for t in batch))
-            logits = self.model(batch.x)
+            logits = self.forward(batch.x)
             loss = self.loss_fn(logits, batch)
-            if not torch.isfinite(loss):
+            finite = torch.isfinite(loss).item() if not self.dist.enabled else all_reduce([float(torch.isfinite(loss))], self.dist, "min")[0]
+            if not finite:
                 raise TrainingError(
                     f"stage '{self.name}': the loss became {loss.item()} at epoch {epoch + 1}, step {self.global_step + 1} "
                     f"(learning rate {self.optimizer.param_groups[0]['lr']:.3g}). The stage stopped and finished stages are kept; "
@@ -110,6 +133,7 @@ class Trainer:
             correct += int((logits.argmax(1) == batch.y).sum())
             seen += n
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}")
+        loss_sum, correct, seen = all_reduce([loss_sum, correct, seen], self.dist)
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
     def call(self, hook: str, *args) -> None:

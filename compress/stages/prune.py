@@ -13,8 +13,8 @@ from ..context import RunContext
 from ..errors import ConfigError
 from ..metrics import count_macs, layer_costs
 from ..models.resize import resize_changes, shape_attrs
-from ..targets.cost import estimate_latency_ms
 from ..pruning import MaskPruning, layer_sparsity, layers_in_order, nm_eligible, nm_violations, schedule, select
+from ..targets.cost import estimate_latency_ms
 from ..training import TrainConfig, Trainer
 from .base import Stage, StageConfig, StageResult, register_stage
 
@@ -198,8 +198,12 @@ class PruneStage(Stage):
             if cfg.schedule.initial_sparsity > ratio:
                 raise ConfigError(f"schedule.initial_sparsity {cfg.schedule.initial_sparsity} is above the channel ratio "
                                   f"{ratio:.3f} that {key} {value:g} needs")
+        changes = resize_changes(before, shape_attrs(pruned))
+        if ratio > 0 and not changes:
+            raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
+                              f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
         resized = {k: v for k, v in spec.items() if k != "sparsity_pattern"}
-        resized["resize"] = {**spec.get("resize", {}), **resize_changes(before, shape_attrs(pruned))}
+        resized["resize"] = {**spec.get("resize", {}), **changes}
         check_rebuilds(pruned, resized)
         events, applied = self.events(ratio, steps), []
         if events:
