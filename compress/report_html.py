@@ -27,10 +27,12 @@ dl.facts dd { margin: 0; font-weight: 600; overflow-wrap: anywhere; }
 .versions { color: var(--muted); font-size: 12px; margin-top: 12px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { padding: 6px 9px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th, td { padding: 6px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 th { background: var(--soft); font-weight: 600; color: #334155; white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.deployed td { background: #ecfdf5; }
+td code { white-space: nowrap; overflow-wrap: normal; }
+td.notes { min-width: 190px; font-size: 12px; }
 .small { color: var(--muted); font-size: 12px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px; font-weight: 600; }
 .ok { background: #dcfce7; color: #166534; } .rejected { background: #fee2e2; color: #991b1b; }
@@ -202,7 +204,8 @@ def place_labels(points: list[tuple[float, float, str]], ax: Axes) -> list[str]:
         placed.append(box)
         anchor = "start" if right else "end"
         tx = x + 8 if right else x - 8
-        parts.append(f'<text x="{tx:.1f}" y="{y + dy + 1:.1f}" text-anchor="{anchor}" fill="#1e293b">{esc(text)}</text>')
+        parts.append(f'<text x="{tx:.1f}" y="{y + dy + 1:.1f}" text-anchor="{anchor}" fill="#1e293b" stroke="#fff" '
+                     f'stroke-width="3" paint-order="stroke">{esc(text)}</text>')
     return parts
 
 
@@ -307,9 +310,11 @@ def stage_label(s: dict) -> str:
 
 # ---- page sections -----------------------------------------------------------------------------------------------
 
-def table(headers: list[str], rows: list[list[str]], numeric: set[int], row_classes: Optional[list[str]] = None) -> str:
-    """A table of already-escaped cells; columns in `numeric` are right-aligned."""
-    cls = lambda i: ' class="num"' if i in numeric else ""  # noqa: E731
+def table(headers: list[str], rows: list[list[str]], numeric: Iterable[int], row_classes: Optional[list[str]] = None,
+          notes_column: Optional[int] = None) -> str:
+    """A table of already-escaped cells; `numeric` columns are right-aligned, the notes column wraps in small type."""
+    col_class = {**{i: "num" for i in numeric}, **({notes_column: "notes"} if notes_column is not None else {})}
+    cls = lambda i: f' class="{col_class[i]}"' if i in col_class else ""  # noqa: E731
     head = "".join(f"<th{cls(i)}>{esc(h)}</th>" for i, h in enumerate(headers))
     classes = row_classes or [""] * len(rows)
     body = "".join((f'<tr class="{classes[r]}">' if classes[r] else "<tr>")
@@ -360,7 +365,7 @@ def stage_section(report: dict) -> str:
                      fmt(m.get("params"), lambda v: f"{v:,}"), fmt(m.get("nonzero_params"), lambda v: f"{v:,}"),
                      fmt(m.get("macs"), si), fmt(m.get("size_bytes"), size), fmt(m.get("sparsity"), lambda v: f"{v:.1%}"),
                      fmt(m.get("val_accuracy"), pct), fmt(m.get("seconds"), lambda v: f"{v:.1f} s")])
-    body = table(headers, rows, set(range(3, 10))) if rows else '<p class="empty">No stages.</p>'
+    body = table(headers, rows, range(3, 10)) if rows else '<p class="empty">No stages.</p>'
     return f"<section><h2>Stages</h2>{body}</section>"
 
 
@@ -393,7 +398,7 @@ def artifact_section(report: dict) -> str:
                      f'<span class="badge {esc(status)}">{esc("deployable" if status == "ok" else status)}</span>',
                      "<br>".join(notes) or "–"])
         classes.append("deployed" if deployed and a.get("path") == deployed else "")
-    body = table(headers, rows, set(range(3, 7 + len(batches) + 1)), classes) if rows else '<p class="empty">No artifacts.</p>'
+    body = table(headers, rows, range(3, 8 + len(batches)), classes, len(headers) - 1) if rows else '<p class="empty">No artifacts.</p>'
     return (f'<section><h2>Artifacts</h2>{body}<p class="small">Parity and accuracy: ONNX Runtime against torch on the '
             f'validation split. "here": median measured on this machine; "on target": batch 1, measured when the '
             f'target is this machine, otherwise estimated by the cost model. The highlighted row is deployed.</p></section>')
@@ -450,7 +455,7 @@ def profile_section(report: dict) -> str:
                          fmt(t.get("p99_ms"), ms), fmt(t.get("throughput_per_s"), lambda v: f"{v:,.0f}/s"),
                          fmt(r.get("peak_rss_mb"), lambda v: f"{v:.0f} MB")])
     headers = ["file", "precision", "provider", "batch", "p50", "p90", "p99", "throughput", "peak RSS"]
-    body = table(headers, rows, set(range(3, 9))) if rows else '<p class="empty">No measurements.</p>'
+    body = table(headers, rows, range(3, 9)) if rows else '<p class="empty">No measurements.</p>'
     machine = profile.get("machine") or {}
     skipped = "".join(f"<li>{esc(s)}</li>" for s in profile.get("skipped") or [])
     return (f'<section><h2>Measured on the device</h2><p class="small">target {esc(profile.get("target", "?"))} · '

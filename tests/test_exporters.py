@@ -147,3 +147,21 @@ def test_preflight_names_op_node_and_target(op, opset, target, words, tmp_path):
 def test_preflight_accepts_supported_graph(tmp_path):
     check_graph(graph_with("LayerNormalization", 17, tmp_path), resolve("jetson"))
     check_graph(graph_with("Unique", 17, tmp_path), resolve("x86-avx2"))  # ONNX Runtime runs it
+
+
+@pytest.mark.parametrize("target, formats", [("x86-avx512-vnni", ["onnx", "onnx-int8"]),
+                                             ("jetson", ["onnx", "onnx-fp16", "onnx-int8", "tensorrt"])])
+def test_cli_exports_what_the_target_asks_for_and_profiles_it(write_pipeline, tmp_path, target, formats):
+    from compress.cli import main
+    from conftest import tiny_pipeline
+
+    export = {"latency_runs": 2, "latency_batch_sizes": [1], "validation_limit": 200}
+    path = write_pipeline(tiny_pipeline(export=export, stages=[{"type": "train", "epochs": 2, "optimizer": "adam", "lr": 0.01}]))
+    run_dir = tmp_path / "run"
+    assert main([str(path), "--target", target, "--run-dir", str(run_dir), "--quiet"]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [a["format"] for a in report["artifacts"]] == formats
+    assert all(a["parity"]["top1_agreement"] > 0.9 for a in report["artifacts"] if a["status"] != "bundle")
+    assert main(["profile", str(run_dir / "artifacts"), "--target", "host", "--runs", "3", "--quiet"]) == 0
+    profiled = {r["file"] for r in json.loads((run_dir / "report.json").read_text())["profile"]["results"]}
+    assert {"model.fp32.onnx", "model.int8.onnx"} <= profiled
