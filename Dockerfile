@@ -13,6 +13,8 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/compress
 
+# TORCH_SPEC carries the pinned version (hadolint cannot see through the variable)
+# hadolint ignore=DL3013
 RUN if [ -n "${TORCH_SPEC}" ]; then pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"; fi
 COPY pyproject.toml README.md ./
 COPY compress ./compress
@@ -21,7 +23,9 @@ COPY targets ./targets
 COPY examples ./examples
 RUN pip install .
 
+RUN useradd --create-home --uid 1000 compress && mkdir -p /work && cp -r /opt/compress/examples /work/examples \
+    && chown -R compress /work
+USER 1000
 WORKDIR /work
-RUN cp -r /opt/compress/examples /work/examples
 ENTRYPOINT ["compress"]
 CMD ["--help"]

@@ -179,6 +179,9 @@ def read_npz(path) -> dict[str, np.ndarray]:
     missing = {"x_train", "y_train"} - arrays.keys()
     if missing:
         raise DataError(f"{path}: missing arrays {sorted(missing)}; found {sorted(arrays)}")
+    if len({"x_test", "y_test"} & arrays.keys()) == 1:
+        only = "x_test" if "x_test" in arrays else "y_test"
+        raise DataError(f"{path}: has {only} but not the other test array; give both x_test and y_test, or neither")
     return arrays
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import atomic_write, load_model_dir, read_metrics, read_spec, save_model_dir
+from .checkpoint import atomic_write, load_model_dir, read_metrics, read_spec, remove_leftovers, save_model_dir
 from .config import Pipeline, load_pipeline
 from .distributed import Distributed, barrier, init_from_env, shutdown
 from .context import RunContext, say
@@ -35,11 +35,12 @@ def stage_folder(run_dir: Path, index: int, stage_type: str) -> Path:
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run folder and prove it is writable before any work starts."""
+    """Create the run folder, prove it is writable and clear a killed run's temporary files before any work starts."""
     try:
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / ".write-test", b"ok")
         (run_dir / ".write-test").unlink()
+        remove_leftovers(run_dir)
     except OSError as e:
         raise RunDirError(f"run directory {run_dir} is not writable ({e.strerror}); choose another with --run-dir") from None
 
@@ -57,6 +58,17 @@ def check_export_config(pipeline: Pipeline, target) -> None:
         problems.append(f"export.opset: {opset} is above target {target.name}'s maximum opset {target.max_opset}")
     if problems:
         raise ConfigError(f"{pipeline.path}: invalid pipeline:\n  " + "\n  ".join(problems))
+
+
+def check_model_fits_data(pipeline: Pipeline, data) -> None:
+    """Configured classes and input channels against the dataset (a mismatch would otherwise fail inside training)."""
+    model, where = pipeline.config.model, f"{pipeline.path}: model"
+    if model.num_classes is not None and model.num_classes < data.num_classes:
+        raise ConfigError(f"{where}.num_classes: {model.num_classes} is fewer than the {data.num_classes} classes of dataset "
+                          f"'{data.name}' (labels 0-{data.num_classes - 1}); remove it to use the dataset's")
+    if model.in_channels is not None and model.in_channels != data.in_channels:
+        raise ConfigError(f"{where}.in_channels: {model.in_channels}, but the images of dataset '{data.name}' have "
+                          f"{data.in_channels} channel(s); remove it to use the dataset's")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,6 +124,7 @@ def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: boo
     barrier(group)
 
     data = load_data(cfg.data, cfg.seed)
+    check_model_fits_data(pipeline, data)
     spec = make_spec(cfg.model.arch, cfg.model.in_channels or data.in_channels, cfg.model.num_classes or data.num_classes, cfg.model.kwargs)
     target_fp = fingerprint(profile)
     hashes = [pipeline.stage_hash(i, target_fp) for i in range(len(pipeline.stages))]

@@ -32,7 +32,9 @@ th { background: var(--soft); font-weight: 600; color: #334155; white-space: now
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.deployed td { background: #ecfdf5; }
 td code { white-space: nowrap; overflow-wrap: normal; }
-td.notes { min-width: 190px; font-size: 12px; }
+tr.has-detail td { border-bottom: none; }
+tr.detail td { padding-top: 0; color: var(--muted); font-size: 12px; }
+tr.detail b { color: #991b1b; font-weight: 600; }
 .small { color: var(--muted); font-size: 12px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px; font-weight: 600; }
 .ok { background: #dcfce7; color: #166534; } .rejected { background: #fee2e2; color: #991b1b; }
@@ -96,11 +98,12 @@ class Point:
     y: float  # higher is better
     group: str = "main"  # main | variant
     note: str = ""
+    eligible: bool = True  # False: shown, but kept off the front (a rejected or failed artifact)
 
 
 def pareto_front(points: list[Point]) -> list[int]:
-    """Indices of the points no other point beats on both axes (lower x, higher y), in increasing x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i].x, -points[i].y))
+    """Indices of the eligible points no other one beats on both axes (lower x, higher y), in increasing x."""
+    order = sorted((i for i, p in enumerate(points) if p.eligible), key=lambda i: (points[i].x, -points[i].y))
     front, best = [], -math.inf
     for i in order:
         if points[i].y > best:
@@ -174,15 +177,16 @@ class Axes:
         return parts
 
 
-def axes_for(xs: Iterable[float], ys: Iterable[float], **size_args: int) -> Axes:
-    """Axes whose ticks cover the data with a small margin."""
-    return Axes(padded_ticks(list(xs)), padded_ticks(list(ys)), **size_args)
+def axes_for(xs: Iterable[float], ys: Iterable[float], y_max: Optional[float] = None) -> Axes:
+    """Axes whose ticks cover the data with a small margin, never below zero for non-negative data."""
+    return Axes(padded_ticks(list(xs)), padded_ticks(list(ys), y_max))
 
 
-def padded_ticks(values: list[float]) -> list[float]:
+def padded_ticks(values: list[float], upper: Optional[float] = None) -> list[float]:
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.06
-    return nice_ticks(lo - pad, hi + pad)
+    lo, hi = (max(0.0, lo - pad) if lo >= 0 else lo - pad), hi + pad
+    return nice_ticks(lo, min(hi, upper) if upper is not None and hi - pad <= upper else hi)
 
 
 def svg(parts: list[str], width: int, height: int, title: str) -> str:
@@ -191,27 +195,29 @@ def svg(parts: list[str], width: int, height: int, title: str) -> str:
 
 
 def place_labels(points: list[tuple[float, float, str]], ax: Axes) -> list[str]:
-    """Point labels moved down or up a line at a time until they no longer overlap earlier ones."""
-    placed, parts = [], []
+    """Point labels beside their point, right or left, moved a line up or down until they overlap no marker or label."""
+    taken = [(x - 6, y - 6, x + 6, y + 6) for x, y, _ in points]
+    parts = []
     for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
         w = 6.2 * len(text)
-        right = x + 8 + w <= ax.width - ax.right
-        left = x + 8 if right else x - 8 - w
-        for dy in (0, 13, -13, 26, -26, 39, -39, 52):
-            box = (left, y + dy - 9, left + w, y + dy + 3)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
-                break
-        placed.append(box)
-        anchor = "start" if right else "end"
-        tx = x + 8 if right else x - 8
-        parts.append(f'<text x="{tx:.1f}" y="{y + dy + 1:.1f}" text-anchor="{anchor}" fill="#1e293b" stroke="#fff" '
-                     f'stroke-width="3" paint-order="stroke">{esc(text)}</text>')
+        candidates = [(side, dy) for dy in (0, -13, 13, -26, 26, -39, 39) for side in (1, -1)
+                      if ax.left <= (x + 8 if side > 0 else x - 8 - w) and (x + 8 + w if side > 0 else x - 8) <= ax.width]
+        boxes = [(side, dy, (x + 8 if side > 0 else x - 8 - w, y + dy - 9, x + 8 + w if side > 0 else x - 8, y + dy + 3))
+                 for side, dy in candidates or [(-1, 0)]]
+        side, dy, box = next((c for c in boxes if not any(overlap(c[2], t) for t in taken)), boxes[0])
+        taken.append(box)
+        parts.append(f'<text x="{x + 8 * side:.1f}" y="{y + dy + 1:.1f}" text-anchor="{"start" if side > 0 else "end"}" '
+                     f'fill="#1e293b" stroke="#fff" stroke-width="3" paint-order="stroke">{esc(text)}</text>')
     return parts
+
+
+def overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def pareto_svg(points: list[Point], title: str, xlabel: str, xunit: str, xfmt: Callable[[float], str]) -> str:
     """Scatter of accuracy against a cost with the Pareto front drawn as a line through its points."""
-    ax = axes_for((p.x for p in points), (p.y for p in points))
+    ax = axes_for((p.x for p in points), (p.y for p in points), y_max=1.0)
     parts = ax.frame(xlabel, "accuracy", xunit, "pct")
     front = pareto_front(points)
     coords = " ".join(f"{ax.px(points[i].x):.1f},{ax.py(points[i].y):.1f}" for i in front)
@@ -219,7 +225,7 @@ def pareto_svg(points: list[Point], title: str, xlabel: str, xunit: str, xfmt: C
                  f'stroke-dasharray="6 4"/>')
     on_front = set(front)
     for i, p in enumerate(points):
-        color = VARIANT if p.group == "variant" else ACCENT
+        color = MUTED if not p.eligible else VARIANT if p.group == "variant" else ACCENT
         fill, stroke = (color, FRONT) if i in on_front else ("#fff", color)
         tip = f"{p.label}: accuracy {pct(p.y)}, {xfmt(p.x)} {p.note}".rstrip()
         parts.append(f'<circle cx="{ax.px(p.x):.1f}" cy="{ax.py(p.y):.1f}" r="5.5" fill="{fill}" stroke="{stroke}" '
@@ -231,7 +237,7 @@ def pareto_svg(points: list[Point], title: str, xlabel: str, xunit: str, xfmt: C
 def schedule_svg(schedule: list, title: str) -> str:
     """The sparsity reached at each pruning step, as a staircase."""
     steps = [(float(s), float(v)) for s, v in schedule]
-    ax = axes_for([0.0, *(s for s, _ in steps)], [0.0, *(v for _, v in steps)])
+    ax = axes_for([0.0, *(s for s, _ in steps)], [0.0, *(v for _, v in steps)], y_max=1.0)
     parts = ax.frame("training step", "sparsity", "num", "pct")
     path, level = [f"M{ax.px(0):.1f},{ax.py(0):.1f}"], 0.0
     for s, v in steps:
@@ -271,7 +277,8 @@ def artifact_name(a: dict) -> str:
 def latency_points(report: dict) -> list[Point]:
     """Artifacts with an accuracy and a batch-1 latency on the target."""
     return [Point(artifact_name(a), a["estimated_latency_ms"], a["accuracy"],
-                  note=f"({a.get('latency_source', 'estimated')}, {a.get('status', '?')})")
+                  note=f"({a.get('latency_source', 'estimated')}, {a.get('status', '?')})",
+                  eligible=a.get("status") not in ("rejected", "failed"))
             for a in report.get("artifacts") or []
             if is_num(a.get("accuracy")) and is_num(a.get("estimated_latency_ms"))]
 
@@ -311,15 +318,20 @@ def stage_label(s: dict) -> str:
 # ---- page sections -----------------------------------------------------------------------------------------------
 
 def table(headers: list[str], rows: list[list[str]], numeric: Iterable[int], row_classes: Optional[list[str]] = None,
-          notes_column: Optional[int] = None) -> str:
-    """A table of already-escaped cells; `numeric` columns are right-aligned, the notes column wraps in small type."""
-    col_class = {**{i: "num" for i in numeric}, **({notes_column: "notes"} if notes_column is not None else {})}
-    cls = lambda i: f' class="{col_class[i]}"' if i in col_class else ""  # noqa: E731
-    head = "".join(f"<th{cls(i)}>{esc(h)}</th>" for i, h in enumerate(headers))
-    classes = row_classes or [""] * len(rows)
-    body = "".join((f'<tr class="{classes[r]}">' if classes[r] else "<tr>")
-                   + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>" for r, row in enumerate(rows))
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+          details: Optional[list[str]] = None) -> str:
+    """A table of already-escaped cells with right-aligned `numeric` columns; a row's detail, when it has one, goes
+    on a full-width line under it."""
+    numeric = set(numeric)
+    cell = lambda tag, i, c: f'<{tag} class="num">{c}</{tag}>' if i in numeric else f"<{tag}>{c}</{tag}>"  # noqa: E731
+    body = []
+    for r, row in enumerate(rows):
+        detail = details[r] if details else ""
+        cls = f'{row_classes[r] if row_classes else ""}{" has-detail" if detail else ""}'.strip()
+        body.append((f'<tr class="{cls}">' if cls else "<tr>") + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>")
+        if detail:
+            body.append(f'<tr class="detail {cls}"><td colspan="{len(headers)}">{detail}</td></tr>')
+    head = "".join(cell("th", i, esc(h)) for i, h in enumerate(headers))
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def header(report: dict) -> str:
@@ -379,40 +391,44 @@ def artifact_section(report: dict) -> str:
     batches = batch_keys(artifacts)
     deployed = str((report.get("deploy") or {}).get("path", ""))
     headers = ["artifact", "format", "precision", "size", "accuracy", "max|diff|", "top-1 agree",
-               *(f"b{b} here" for b in batches), "b1 on target", "status", "reason / notes"]
-    rows, classes = [], []
-    for a in artifacts:
-        parity, latency = a.get("parity") or {}, a.get("latency_ms") or {}
-        status = str(a.get("status", "?"))
-        source = a.get("latency_source", "estimated")
-        target = fmt(a.get("estimated_latency_ms"), lambda v: f"{ms(v)} <span class=\"small\">({esc(source)})</span>")
-        accuracy = fmt(a.get("accuracy"), pct)
-        if is_num(a.get("accuracy")) and is_num(a.get("accuracy_drop")):
-            accuracy += f' <span class="small">({-a["accuracy_drop"]:+.2%})</span>'
-        notes = [esc(a["reason"])] if a.get("reason") else []
-        notes += [f'<span class="small">{esc(n)}</span>' for n in a.get("notes") or []]
-        rows.append([f"<code>{esc(artifact_name(a))}</code>", esc(a.get("format", "–")), esc(a.get("precision", "–")),
-                     fmt(a.get("size_bytes") or None, size), accuracy,
-                     fmt(parity.get("max_abs_diff"), lambda v: f"{v:.1e}"), fmt(parity.get("top1_agreement"), pct),
-                     *(fmt(latency.get(b), ms) for b in batches), target,
-                     f'<span class="badge {esc(status)}">{esc("deployable" if status == "ok" else status)}</span>',
-                     "<br>".join(notes) or "–"])
-        classes.append("deployed" if deployed and a.get("path") == deployed else "")
-    body = table(headers, rows, range(3, 8 + len(batches)), classes, len(headers) - 1) if rows else '<p class="empty">No artifacts.</p>'
+               *(f"b{b} here" for b in batches), "b1 on target", "status"]
+    rows = [artifact_cells(a, batches) for a in artifacts]
+    classes = ["deployed" if deployed and a.get("path") == deployed else "" for a in artifacts]
+    details = [" · ".join(([f"<b>{esc(a['reason'])}</b>"] if a.get("reason") else []) + [esc(n) for n in a.get("notes") or []])
+               for a in artifacts]
+    body = table(headers, rows, range(3, 8 + len(batches)), classes, details) if rows else '<p class="empty">No artifacts.</p>'
     return (f'<section><h2>Artifacts</h2>{body}<p class="small">Parity and accuracy: ONNX Runtime against torch on the '
-            f'validation split. "here": median measured on this machine; "on target": batch 1, measured when the '
-            f'target is this machine, otherwise estimated by the cost model. The highlighted row is deployed.</p></section>')
+            f'validation split (accuracy change vs torch in brackets). "here": median measured on this machine; '
+            f'"on target": batch 1, measured when the target is this machine, otherwise estimated by the cost model. '
+            f'The highlighted row is deployed; reasons and notes are under each row.</p></section>')
+
+
+def artifact_cells(a: dict, batches: list[str]) -> list[str]:
+    parity, latency = a.get("parity") or {}, a.get("latency_ms") or {}
+    status = str(a.get("status", "?"))
+    source = {"measured": "meas.", "estimated": "est."}.get(a.get("latency_source"), a.get("latency_source"))
+    accuracy = fmt(a.get("accuracy"), pct)
+    if is_num(a.get("accuracy")) and is_num(a.get("accuracy_drop")):
+        accuracy += f' <span class="small">({-a["accuracy_drop"]:+.2%})</span>'
+    return [f"<code>{esc(artifact_name(a))}</code>", esc(a.get("format", "–")), esc(a.get("precision", "–")),
+            fmt(a.get("size_bytes") or None, size), accuracy, fmt(parity.get("max_abs_diff"), lambda v: f"{v:.1e}"),
+            fmt(parity.get("top1_agreement"), pct), *(fmt(latency.get(b), ms) for b in batches),
+            fmt(a.get("estimated_latency_ms"), lambda v: f'{ms(v)} <span class="small">({esc(source)})</span>'),
+            f'<span class="badge {esc(status)}">{esc("deployable" if status == "ok" else status)}</span>']
 
 
 def figure(caption: str, body: str, legend: str = "") -> str:
     return f"<figure><figcaption>{esc(caption)}</figcaption>{body}{legend}</figure>"
 
 
-def pareto_legend(with_variants: bool) -> str:
+def pareto_legend(points: list[Point]) -> str:
     items = [f'<span><i class="dot" style="background:{ACCENT};border:2px solid {FRONT}"></i>on the Pareto front</span>',
              f'<span><i class="dot" style="background:#fff;border:2px solid {ACCENT}"></i>dominated</span>']
-    if with_variants:
+    if any(p.group == "variant" for p in points):
         items.append(f'<span><i class="dot" style="background:{VARIANT}"></i>variant / sub-network</span>')
+    if not all(p.eligible for p in points):
+        items.append(f'<span><i class="dot" style="background:#fff;border:2px solid {MUTED}"></i>rejected or failed '
+                     f'(off the front)</span>')
     return f'<div class="legend">{"".join(items)}</div>'
 
 
@@ -424,7 +440,7 @@ def pareto_section(report: dict) -> str:
             ("Accuracy vs MACs (stages and variants)", macs_points(report), "MACs per example", "si",
              lambda v: f"{si(v)} MACs")):
         body = pareto_svg(points, caption, xlabel, xunit, xfmt) if points else '<p class="empty">No points to plot.</p>'
-        plots.append(figure(caption, body, pareto_legend(any(p.group == "variant" for p in points)) if points else ""))
+        plots.append(figure(caption, body, pareto_legend(points) if points else ""))
     return f'<section><h2>Pareto plots</h2><div class="plots">{"".join(plots)}</div></section>'
 
 

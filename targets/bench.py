@@ -19,7 +19,7 @@ import yaml
 
 from compress import __version__
 from compress.checkpoint import atomic_write, to_json
-from compress.errors import CompressError, TargetError
+from compress.errors import CompressError, ExportError, RunDirError, TargetError
 from compress.metrics import LayerCost
 
 from .cost import peak_terms_ms
@@ -109,7 +109,11 @@ def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], r
             timing = time_engine(trtexec, path, shape, batches, runs)
         else:
             with context.Pool(1) as pool:
-                timing = pool.apply(time_onnx, (str(path), providers, batches, runs, warmup))
+                try:
+                    timing = pool.apply(time_onnx, (str(path), providers, batches, runs, warmup))
+                except Exception as e:  # onnxruntime raises its own untyped errors
+                    raise ExportError(f"{path}: ONNX Runtime cannot load or run it ({(str(e).strip() or type(e).__name__).splitlines()[0]}); "
+                                      f"export it again or remove it from {folder}") from None
         match = PRECISION_FROM_NAME.search(path.name)
         results.append({"file": path.name, "precision": match.group(1) if match else None, **timing})
     profile = {"target": target.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "compress_version": __version__,
@@ -124,7 +128,11 @@ def merge_into_report(folder: Path, profile: dict) -> None:
     """Add the measurements to the run's report.json (the folder's parent), when there is one."""
     report_path = folder.parent / "report.json"
     if report_path.is_file():
-        report = json.loads(report_path.read_text())
+        try:
+            report = json.loads(report_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{report_path}: corrupt ({e}), so the measurements were not added to it; they are in "
+                              f"{folder / 'profile.json'}. Rerun the pipeline to rewrite the report.") from None
         report["profile"] = profile
         atomic_write(report_path, to_json(report))
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,20 +96,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols; a failure is reported below
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else "unsupported content"
+        with open(path, "rb") as f:
+            header = f.read(2)
+        if header != b"PK" and header[:1] != b"\x80":  # neither torch's zip archive nor a binary pickle
+            raise WeightsError(f"{path}: not a safetensors or torch file (unrecognised content); save the weights with "
+                               f"safetensors or torch.save(model.state_dict())") from None
         raise WeightsError(
             f"{path}: refused: the file holds pickled Python objects, which could run code when loaded "
-            f"({first}). Save plain tensors with safetensors or torch.save(model.state_dict())."
+            f"({unpickler_finding(e)}). Save plain tensors with safetensors or torch.save(model.state_dict())."
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise WeightsError(f"{path}: corrupt or unreadable torch file ({str(e).splitlines()[0]})") from None
+        raise WeightsError(f"{path}: corrupt or unreadable torch file ({first_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: expected a mapping of parameter names to tensors (a state_dict)")
     return state
+
+
+def unpickler_finding(error: Exception) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to turn the check off."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(error))
+    return match.group(1) if match else first_line(error)
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else "empty or truncated file"
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
