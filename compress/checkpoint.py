@@ -38,10 +38,12 @@ def writing(path: Path):
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             problem = "the disk is full (no space left on device)"
-            fix = f"free space on the disk that holds {path.parent} (e.g. delete old run folders or their work/ caches) or pass another --run-dir"
+            fix = (f"free space on the disk that holds {path.parent} (e.g. delete old run folders or their work/ caches) "
+                   f"or pass another --run-dir")
         elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            problem = f"the folder is read-only or not writable by this user ({e.strerror})"
-            fix = "make it writable or pass another --run-dir"
+            problem, fix = f"the folder is read-only or not writable ({e.strerror})", "make it writable or pass another --run-dir"
+        elif e.errno in (errno.EEXIST, errno.ENOTDIR):
+            problem, fix = "a file stands where a folder of its path should be", "move that file or pass another --run-dir"
         else:
             problem, fix = e.strerror or str(e), "fix the cause or pass another --run-dir"
         raise RunDirError(f"cannot write {path}: {problem}. Files already written are unchanged and finished stages are "

@@ -10,6 +10,7 @@ from typing import Optional
 
 from . import __version__
 from .checkpoint import atomic_write, to_json
+from .report_html import render_html
 
 SCHEMA_VERSION = 1
 
@@ -54,8 +55,10 @@ def build_report(pipeline, profile, run_dir: Path, data, spec: dict, stages: lis
 
 
 def write_report(run_dir: Path, report: dict) -> Path:
+    """report.json and its rendering, report.html, beside it."""
     path = run_dir / "report.json"
     atomic_write(path, to_json(report))
+    atomic_write(run_dir / "report.html", render_html(report).encode())
     return path
 
 

@@ -394,13 +394,17 @@ def artifact_section(report: dict) -> str:
                *(f"b{b} here" for b in batches), "b1 on target", "status"]
     rows = [artifact_cells(a, batches) for a in artifacts]
     classes = ["deployed" if deployed and a.get("path") == deployed else "" for a in artifacts]
-    details = [" · ".join(([f"<b>{esc(a['reason'])}</b>"] if a.get("reason") else []) + [esc(n) for n in a.get("notes") or []])
-               for a in artifacts]
+    details = [" · ".join(([reason(a)] if a.get("reason") else []) + [esc(n) for n in a.get("notes") or []]) for a in artifacts]
     body = table(headers, rows, range(3, 8 + len(batches)), classes, details) if rows else '<p class="empty">No artifacts.</p>'
     return (f'<section><h2>Artifacts</h2>{body}<p class="small">Parity and accuracy: ONNX Runtime against torch on the '
             f'validation split (accuracy change vs torch in brackets). "here": median measured on this machine; '
             f'"on target": batch 1, measured when the target is this machine, otherwise estimated by the cost model. '
             f'The highlighted row is deployed; reasons and notes are under each row.</p></section>')
+
+
+def reason(a: dict) -> str:
+    """Why an artifact was rejected or failed stands out; a bundle's reason is plain advice."""
+    return f"<b>{esc(a['reason'])}</b>" if a.get("status") in ("rejected", "failed") else esc(a["reason"])
 
 
 def artifact_cells(a: dict, batches: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from compress import __version__
 from compress.checkpoint import atomic_write, to_json
 from compress.errors import CompressError, ExportError, RunDirError, TargetError
 from compress.metrics import LayerCost
+from compress.report_html import render_html
 
 from .cost import peak_terms_ms
 from .profile import TargetProfile
@@ -125,7 +126,7 @@ def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], r
 
 
 def merge_into_report(folder: Path, profile: dict) -> None:
-    """Add the measurements to the run's report.json (the folder's parent), when there is one."""
+    """Add the measurements to the run's report.json (the folder's parent), when there is one, and redraw report.html."""
     report_path = folder.parent / "report.json"
     if report_path.is_file():
         try:
@@ -135,6 +136,7 @@ def merge_into_report(folder: Path, profile: dict) -> None:
                               f"{folder / 'profile.json'}. Rerun the pipeline to rewrite the report.") from None
         report["profile"] = profile
         atomic_write(report_path, to_json(report))
+        atomic_write(folder.parent / "report.html", render_html(report).encode())
 
 
 def onnx_input_shape(path: Path) -> list[int]:

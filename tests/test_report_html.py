@@ -98,7 +98,8 @@ def test_page_has_tables_plots_and_numbers():
     assert macs.count("<circle") == 4 and "width-0.5" in macs and "slim" in macs and "no numbers" not in macs
     assert re.search(r">\d+M</text>", macs) and re.search(r">\d+(\.\d+)?%</text>", macs)  # numbered axes
     assert page.count('class="bar"') == 3 and 'class="schedule"' in page
-    assert '<tr class="deployed"><td><code>model.int8.onnx</code>' in page
+    assert '<tr class="deployed has-detail"><td><code>model.int8.onnx</code>' in page
+    assert "<b>accuracy drop 37% &gt; budget 1%</b>" in page and "<b>build on the device</b>" not in page
 
 
 def test_all_text_is_escaped_and_nothing_is_loaded():
