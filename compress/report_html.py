@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 ACCENT, FRONT, VARIANT, MUTED = "#2563eb", "#ea580c", "#9333ea", "#94a3b8"
+SI_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 CSS = """
 :root { --ink: #0f172a; --muted: #64748b; --line: #e2e8f0; --soft: #f8fafc; --accent: #2563eb; }
@@ -27,11 +28,13 @@ dl.facts dd { margin: 0; font-weight: 600; overflow-wrap: anywhere; }
 .versions { color: var(--muted); font-size: 12px; margin-top: 12px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { padding: 6px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-th { background: var(--soft); font-weight: 600; color: #334155; white-space: nowrap; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th, td { padding: 6px 7px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th { background: var(--soft); font-weight: 600; color: #334155; vertical-align: bottom; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
 tr.deployed td { background: #ecfdf5; }
-td code { white-space: nowrap; overflow-wrap: normal; }
+td code { overflow-wrap: normal; }
+.nowrap { white-space: nowrap; }
 tr.has-detail td { border-bottom: none; }
 tr.detail td { padding-top: 0; color: var(--muted); font-size: 12px; }
 tr.detail b { color: #991b1b; font-weight: 600; }
@@ -75,10 +78,12 @@ def pct(v: float) -> str:
 
 def si(v: float) -> str:
     """12345678 -> '12.3M'."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g}{suffix}"
-    return f"{v:.3g}"
+    scale, suffix = si_scale(v)
+    return f"{v / scale:.3g}{suffix}"
+
+
+def si_scale(v: float) -> tuple[float, str]:
+    return next(((s, x) for s, x in SI_PREFIXES if abs(v) >= s), (1.0, ""))
 
 
 def size(v: float) -> str:
@@ -115,8 +120,8 @@ def pareto_front(points: list[Point]) -> list[int]:
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """Round tick values (1, 2 or 5 x 10^k apart) covering [lo, hi]."""
     if hi <= lo:
-        pad = abs(lo) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
+        pad = abs(lo) * 0.1
+        lo, hi = (lo - pad, hi + pad) if pad else (0.0, 1.0)
     raw = (hi - lo) / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
@@ -127,12 +132,9 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def tick_label(value: float, step: float, unit: str) -> str:
     """A tick's text with just the decimals its spacing needs; unit is pct, si or num."""
-    if unit == "pct":
-        value, step = value * 100, step * 100
-    if unit == "si" and abs(value) >= 1e3:
-        return si(value)
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    return f"{value:.{decimals}f}" + ("%" if unit == "pct" else "")
+    scale, suffix = {"pct": (0.01, "%"), "si": si_scale(value), "num": (1.0, "")}[unit]
+    decimals = max(0, -math.floor(math.log10(step / scale) + 1e-9))
+    return f"{value / scale:.{decimals}f}{suffix}"
 
 
 @dataclass
@@ -183,10 +185,12 @@ def axes_for(xs: Iterable[float], ys: Iterable[float], y_max: Optional[float] = 
 
 
 def padded_ticks(values: list[float], upper: Optional[float] = None) -> list[float]:
+    """Ticks for the values plus 6% each side, the margin kept above zero and under `upper` when the data are."""
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.06
-    lo, hi = (max(0.0, lo - pad) if lo >= 0 else lo - pad), hi + pad
-    return nice_ticks(lo, min(hi, upper) if upper is not None and hi - pad <= upper else hi)
+    lo = max(0.0, lo - pad) if lo >= 0 else lo - pad
+    hi = hi + pad if upper is None or hi > upper else min(hi + pad, upper)
+    return nice_ticks(lo, hi)
 
 
 def svg(parts: list[str], width: int, height: int, title: str) -> str:
@@ -199,16 +203,20 @@ def place_labels(points: list[tuple[float, float, str]], ax: Axes) -> list[str]:
     taken = [(x - 6, y - 6, x + 6, y + 6) for x, y, _ in points]
     parts = []
     for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
-        w = 6.2 * len(text)
-        candidates = [(side, dy) for dy in (0, -13, 13, -26, 26, -39, 39) for side in (1, -1)
-                      if ax.left <= (x + 8 if side > 0 else x - 8 - w) and (x + 8 + w if side > 0 else x - 8) <= ax.width]
-        boxes = [(side, dy, (x + 8 if side > 0 else x - 8 - w, y + dy - 9, x + 8 + w if side > 0 else x - 8, y + dy + 3))
-                 for side, dy in candidates or [(-1, 0)]]
-        side, dy, box = next((c for c in boxes if not any(overlap(c[2], t) for t in taken)), boxes[0])
+        boxes = [(side, dy, label_box(x, y + dy, 6.2 * len(text), side)) for dy in (0, -13, 13, -26, 26, -39, 39)
+                 for side in (1, -1)]
+        inside = [b for b in boxes if ax.left <= b[2][0] and b[2][2] <= ax.width] or boxes[1:2]
+        side, dy, box = next((b for b in inside if not any(overlap(b[2], t) for t in taken)), inside[0])
         taken.append(box)
         parts.append(f'<text x="{x + 8 * side:.1f}" y="{y + dy + 1:.1f}" text-anchor="{"start" if side > 0 else "end"}" '
                      f'fill="#1e293b" stroke="#fff" stroke-width="3" paint-order="stroke">{esc(text)}</text>')
     return parts
+
+
+def label_box(x: float, y: float, width: float, side: int) -> tuple[float, float, float, float]:
+    """The box of a label written 8 px right (side 1) or left (side -1) of x, on a baseline near y."""
+    left = x + 8 if side > 0 else x - 8 - width
+    return left, y - 9, left + width, y + 3
 
 
 def overlap(a: tuple, b: tuple) -> bool:
@@ -413,8 +421,9 @@ def artifact_cells(a: dict, batches: list[str]) -> list[str]:
     source = {"measured": "meas.", "estimated": "est."}.get(a.get("latency_source"), a.get("latency_source"))
     accuracy = fmt(a.get("accuracy"), pct)
     if is_num(a.get("accuracy")) and is_num(a.get("accuracy_drop")):
-        accuracy += f' <span class="small">({-a["accuracy_drop"]:+.2%})</span>'
-    return [f"<code>{esc(artifact_name(a))}</code>", esc(a.get("format", "–")), esc(a.get("precision", "–")),
+        accuracy += f' <span class="small">({round(-a["accuracy_drop"], 4) + 0.0:+.2%})</span>'
+    return [f"<code>{esc(artifact_name(a))}</code>", f'<span class="nowrap">{esc(a.get("format", "–"))}</span>',
+            f'<span class="nowrap">{esc(a.get("precision", "–"))}</span>',
             fmt(a.get("size_bytes") or None, size), accuracy, fmt(parity.get("max_abs_diff"), lambda v: f"{v:.1e}"),
             fmt(parity.get("top1_agreement"), pct), *(fmt(latency.get(b), ms) for b in batches),
             fmt(a.get("estimated_latency_ms"), lambda v: f'{ms(v)} <span class="small">({esc(source)})</span>'),
@@ -478,9 +487,10 @@ def profile_section(report: dict) -> str:
     body = table(headers, rows, range(3, 9)) if rows else '<p class="empty">No measurements.</p>'
     machine = profile.get("machine") or {}
     skipped = "".join(f"<li>{esc(s)}</li>" for s in profile.get("skipped") or [])
-    return (f'<section><h2>Measured on the device</h2><p class="small">target {esc(profile.get("target", "?"))} · '
-            f'{esc(machine.get("platform", ""))} · {esc(machine.get("processor", ""))} · {esc(profile.get("runs", "?"))} '
-            f'runs</p>{body}{f"<h3>Skipped</h3><ul>{skipped}</ul>" if skipped else ""}</section>')
+    facts = [f"target {profile.get('target', '?')}", machine.get("platform"), machine.get("processor"),
+             f"{profile['runs']} runs" if profile.get("runs") else None]
+    return (f'<section><h2>Measured on the device</h2><p class="small">{esc(" · ".join(f for f in facts if f))}</p>'
+            f'{body}{f"<h3>Skipped</h3><ul>{skipped}</ul>" if skipped else ""}</section>')
 
 
 def render_html(report: dict) -> str:

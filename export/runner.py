@@ -8,6 +8,7 @@ from compress.config import ExportConfig
 from compress.data import DataBundle
 from compress.errors import ExportError
 from compress.metrics import layer_costs
+from compress.pruning import follows_nm
 from compress.targets import TargetProfile
 from compress.targets.cost import estimate_latency_ms
 from compress.training import predict
@@ -37,7 +38,7 @@ def export_and_validate(model, spec: dict, data: DataBundle, config: ExportConfi
     reference = predict(model, data.val, eval_batch_size)
     reference_accuracy = float((reference.argmax(1) == data.val.y).float().mean())
     layers = layer_costs(model, data.input_shape)
-    request = ExportRequest(model, spec, data, out_dir, config, target)
+    request = ExportRequest(model, checked_sparsity(model, spec), data, out_dir, config, target)
     for fmt in config.formats or default_formats(target):
         exporter = EXPORTERS.get(fmt)()
         try:
@@ -62,6 +63,17 @@ def export_and_validate(model, spec: dict, data: DataBundle, config: ExportConfi
         apply_budgets(artifact, target)
         request.artifacts.append(artifact)
     return request.artifacts, choose_deployable(request.artifacts, target)
+
+
+def checked_sparsity(model, spec: dict) -> dict:
+    """The spec, without its N:M mark when a later stage (e.g. dense fine-tuning) broke the pattern."""
+    if "sparsity_pattern" not in spec:
+        return spec
+    n, m = (int(v) for v in spec["sparsity_pattern"].split(":"))
+    modules = dict(model.named_modules())
+    if all(name in modules and follows_nm(modules[name].weight, n, m) for name in spec.get("sparse_layers", [])):
+        return spec
+    return {k: v for k, v in spec.items() if k not in ("sparsity_pattern", "sparse_layers")}
 
 
 def apply_budgets(artifact: Artifact, target: TargetProfile) -> None:

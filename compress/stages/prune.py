@@ -177,7 +177,8 @@ class PruneStage(Stage):
             return StageResult(model=model, metrics=metrics)
         violations = nm_violations(chosen, *nm)
         metrics.update(sparsity_pattern=None if violations else cfg.pattern, nm_violations=violations)
-        return StageResult(model=model, spec=None if violations else {**spec, "sparsity_pattern": cfg.pattern}, metrics=metrics)
+        marked = {**spec, "sparsity_pattern": cfg.pattern, "sparse_layers": [n for n, m in chosen.items() if nm_eligible(m.weight, nm[1])]}
+        return StageResult(model=model, spec=None if violations else marked, metrics=metrics)
 
     def prune_channels(self, model, spec, ctx, trainer: Trainer, layers: dict[str, nn.Module], scope: list[str], steps) -> StageResult:
         cfg, shape, names = self.config, ctx.data.input_shape, list(layers)
@@ -202,7 +203,7 @@ class PruneStage(Stage):
         if ratio > 0 and not changes:
             raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
                               f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
-        resized = {k: v for k, v in spec.items() if k != "sparsity_pattern"}
+        resized = {k: v for k, v in spec.items() if k not in ("sparsity_pattern", "sparse_layers")}
         resized["resize"] = {**spec.get("resize", {}), **changes}
         check_rebuilds(pruned, resized)
         events, applied = self.events(ratio, steps), []
