@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -174,7 +175,7 @@ def read_npz(path) -> dict[str, np.ndarray]:
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise DataError(f"{path}: npz file not found") from None
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable npz file of plain arrays ({e})") from None
     missing = {"x_train", "y_train"} - arrays.keys()
     if missing:

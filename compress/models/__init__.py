@@ -95,21 +95,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
+    with open(path, "rb") as f:
+        header = f.read(2)
+    if header != b"PK" and header[:1] != b"\x80":  # neither torch's zip archive nor a binary pickle
+        raise WeightsError(f"{path}: not a safetensors or torch file ({'empty' if not header else 'unrecognised content'}); "
+                           f"save the weights with safetensors or torch.save(model.state_dict())")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols; a failure is reported below
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        with open(path, "rb") as f:
-            header = f.read(2)
-        if header != b"PK" and header[:1] != b"\x80":  # neither torch's zip archive nor a binary pickle
-            raise WeightsError(f"{path}: not a safetensors or torch file (unrecognised content); save the weights with "
-                               f"safetensors or torch.save(model.state_dict())") from None
         raise WeightsError(
             f"{path}: refused: the file holds pickled Python objects, which could run code when loaded "
             f"({unpickler_finding(e)}). Save plain tensors with safetensors or torch.save(model.state_dict())."
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # a damaged file fails anywhere in torch's readers, with many exception types
         raise WeightsError(f"{path}: corrupt or unreadable torch file ({first_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -135,7 +135,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+              for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
         parts = [f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if items]
