@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: the reference model, its cached training, and docs/benchmarks.md sections."""
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 import sys
@@ -36,6 +37,16 @@ def trained_model(arch: dict, data: DataBundle, data_cfg: DataConfig, train: Tra
     Trainer(model, train, ctx).fit()
     save_model_dir(folder, model, spec, {})
     return model, spec
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares: data and seeds."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or bundled (8k-example subset)")
+    p.add_argument("--data-root", type=Path, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--limit", type=int, help="cap on examples per split (smoke or reduced runs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    return p
 
 
 def machine_line(command: str) -> str:

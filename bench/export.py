@@ -9,7 +9,6 @@ import argparse
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common import REFERENCE, command_line, machine_line, trained_model, write_section

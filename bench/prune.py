@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import REFERENCE, command_line, machine_line, trained_model, write_section
+from common import REFERENCE, bench_parser, command_line, machine_line, trained_model, write_section
 from compress.checkpoint import atomic_write, to_json
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
@@ -41,11 +41,7 @@ BATCHES = (1, 32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or bundled (8k-example subset)")
-    p.add_argument("--data-root", type=Path, help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--limit", type=int, help="cap on examples per split (smoke runs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p = bench_parser(__doc__)
     p.add_argument("--epochs", type=int, default=3, help="training epochs of the reference model")
     p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of every prune row; small dense rows train epochs + this")
     p.add_argument("--macs", type=float, nargs="+", default=[4, 8, 16], help="channel pruning: MACs reduction factors")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -12,13 +12,16 @@ from .config import DataConfig
 from .data import DataBundle
 from .distributed import SINGLE, Distributed
 
+if TYPE_CHECKING:
+    from .targets import TargetProfile
+
 
 @dataclass
 class RunContext:
     data: DataBundle
     data_config: DataConfig = field(default_factory=DataConfig)
     run_dir: Path = Path("runs/unnamed")
-    target: Optional["TargetProfile"] = None  # noqa: F821  (compress.targets.profile.TargetProfile)
+    target: Optional["TargetProfile"] = None
     device: torch.device = torch.device("cpu")
     seed: int = 0
     quiet: bool = True

@@ -133,9 +133,8 @@ def read_user_npz(cfg: DataConfig) -> dict[str, np.ndarray]:
 
 def make_splits(cfg: DataConfig, arrays: dict[str, np.ndarray], seed: int) -> DataBundle:
     """Normalise with training statistics, hold out a validation share, pick a calibration subset."""
-    x, y = as_images(arrays["x_train"], "x_train"), as_labels(arrays["y_train"], "y_train")
-    if len(x) != len(y):
-        raise DataError(f"x_train has {len(x)} examples but y_train has {len(y)}")
+    where = str(cfg.path) if cfg.dataset == "npz" else f"dataset '{cfg.dataset}'"
+    x, y = labelled(arrays, "train", where)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(round(len(y) * cfg.val_fraction)))
     if len(y) - n_val < 1:
@@ -145,11 +144,22 @@ def make_splits(cfg: DataConfig, arrays: dict[str, np.ndarray], seed: int) -> Da
     norm = lambda t: (t - mean) / std  # noqa: E731
     train = Split(norm(x[train_idx]), y[train_idx]).head(cfg.limit)
     val = Split(norm(x[val_idx]), y[val_idx]).head(cfg.limit)
+    num_classes = int(y.max()) + 1
     test = None
     if "x_test" in arrays:
-        test = Split(norm(as_images(arrays["x_test"], "x_test")), as_labels(arrays["y_test"], "y_test")).head(cfg.limit)
-    num_classes = int(y.max()) + 1
+        x_test, y_test = labelled(arrays, "test", where)
+        if len(y_test) and int(y_test.max()) >= num_classes:
+            raise DataError(f"{where}: y_test has label {int(y_test.max())}, but the training labels stop at {num_classes - 1}")
+        test = Split(norm(x_test), y_test).head(cfg.limit)
     return DataBundle(cfg.dataset, train, val, test, train.head(cfg.calibration_size), num_classes, mean, std)
+
+
+def labelled(arrays: dict[str, np.ndarray], split: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one split, as tensors, with as many labels as images."""
+    x, y = as_images(arrays[f"x_{split}"], f"{where}: x_{split}"), as_labels(arrays[f"y_{split}"], f"{where}: y_{split}")
+    if len(x) != len(y):
+        raise DataError(f"{where}: x_{split} has {len(x)} examples but y_{split} has {len(y)}")
+    return x, y
 
 
 def as_images(a: np.ndarray, name: str) -> torch.Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -31,7 +32,13 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCos
                                inputs[0][0].numel(), output[0].numel()))
 
     names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    hooks = [m.register_forward_hook(hook) for m in names]
+    forward_with_hooks(model, input_shape, names, hook)
+    return costs
+
+
+def forward_with_hooks(model: nn.Module, input_shape: tuple[int, ...], modules: Iterable[nn.Module], hook: Callable) -> None:
+    """One eval-mode, gradient-free forward pass on a zero example with `hook` on `modules` (training mode restored)."""
+    hooks = [m.register_forward_hook(hook) for m in modules]
     was_training = model.training
     model.eval()
     try:
@@ -41,7 +48,6 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCos
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return costs
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

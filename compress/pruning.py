@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .errors import ConfigError
+from .metrics import forward_with_hooks
 from .training import Callback, Trainer
 
 Event = tuple[int, float]  # (training step, sparsity reached at that step)
@@ -40,16 +41,7 @@ def layers_in_order(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
     def seen(m: nn.Module, *_) -> None:
         order.setdefault(names[m], m)
 
-    hooks = [m.register_forward_hook(seen) for m in names]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    forward_with_hooks(model, input_shape, names, seen)
     return order
 
 

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from torch import nn
 
 from compress.config import ExportConfig
 from compress.registry import Registry
+
+if TYPE_CHECKING:
+    from compress.data import DataBundle
+    from compress.targets import TargetProfile
 
 
 @dataclass
@@ -17,10 +21,10 @@ class ExportRequest:
 
     model: nn.Module
     spec: dict[str, Any]
-    data: "DataBundle"  # noqa: F821
+    data: "DataBundle"
     out_dir: Path
     config: ExportConfig
-    target: "TargetProfile"  # noqa: F821
+    target: "TargetProfile"
     artifacts: list["Artifact"] = field(default_factory=list)  # produced so far in this run, e.g. the fp32 ONNX
     name: str = "model"
 

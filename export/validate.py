@@ -35,7 +35,11 @@ def run_session(session, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def median_latency_ms(session, example: torch.Tensor, runs: int, warmup: int = 5) -> float:
     """Median wall time of one `session.run` on `example`, after warm-up runs."""
-    feed = {session.get_inputs()[0].name: example.numpy()}
+    return statistics.median(timed_runs_ms(session, {session.get_inputs()[0].name: example.numpy()}, runs, warmup))
+
+
+def timed_runs_ms(session, feed: dict, runs: int, warmup: int) -> list[float]:
+    """Wall times of `runs` calls of `session.run(feed)` after `warmup` untimed ones, in milliseconds."""
     for _ in range(warmup):
         session.run(None, feed)
     times = []
@@ -43,7 +47,7 @@ def median_latency_ms(session, example: torch.Tensor, runs: int, warmup: int = 5
         start = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def validate_artifact(path: Path, fmt: str, precision: str, reference_logits: torch.Tensor, val: Split,

@@ -40,6 +40,8 @@ def time_onnx(path: str, providers: list[str], batches: list[int], runs: int, wa
     """Child-process body: latency percentiles per batch size and the process's peak resident memory."""
     import onnxruntime as ort
 
+    from compress.export.validate import timed_runs_ms
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(path, options, providers=providers)
@@ -49,14 +51,7 @@ def time_onnx(path: str, providers: list[str], batches: list[int], runs: int, wa
     for batch in batches:
         shape = [batch if not isinstance(d, int) else d for d in spec.shape]
         feed = {spec.name: rng.standard_normal(shape).astype(np.float32)}
-        for _ in range(warmup):
-            session.run(None, feed)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - start) * 1e3)
-        result["batches"][str(batch)] = percentiles(times, batch)
+        result["batches"][str(batch)] = percentiles(timed_runs_ms(session, feed, runs, warmup), batch)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 

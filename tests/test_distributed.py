@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from compress.cli import main
 from conftest import tiny_pipeline

@@ -2,7 +2,6 @@
 import json
 import shlex
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from compress.checkpoint import load_model_dir
 from compress.cli import main

@@ -125,7 +125,9 @@ def unpickler_finding(error: Exception) -> str:
 
 
 def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else "empty or truncated file"
+    """The first sentence of an error's text."""
+    text = str(error).strip()
+    return re.split(r"(?<=\.)\s|\n", text)[0] if text else "empty or truncated file"
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
