@@ -53,18 +53,23 @@ def writing(path: Path):
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, fsync, then rename over it."""
     with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.chmod(tmp, 0o666 & ~UMASK)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(path, data)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """`atomic_write` without turning an OSError into a RunDirError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def remove_leftovers(run_dir: Path) -> None:
@@ -112,10 +117,10 @@ def save_model_dir(folder: Path, model: nn.Module, spec: dict, metrics: dict, in
 def write_model_files(folder: Path, model: nn.Module, spec: dict, metrics: dict, info: Optional[dict]) -> None:
     """Weights and metrics first, then spec.json with their checksums: a folder without spec.json is incomplete."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS, safetensors_bytes(state))
-    atomic_write(folder / METRICS, to_json(metrics))
+    replace_file(folder / WEIGHTS, safetensors_bytes(state))
+    replace_file(folder / METRICS, to_json(metrics))
     files = {name: sha256_file(folder / name) for name in (WEIGHTS, METRICS)}
-    atomic_write(folder / SPEC, to_json({"model": spec, **(info or {}), "files": files}))
+    replace_file(folder / SPEC, to_json({"model": spec, **(info or {}), "files": files}))
 
 
 def read_spec(folder: Path) -> Optional[dict]:

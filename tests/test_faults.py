@@ -112,11 +112,13 @@ def test_sigkill_at_random_moments_then_rerun(write_pipeline, tmp_path):
     for trial in range(10):
         run_dir, phase = tmp_path / f"trial{trial}", trial % len(phases)
         proc = launch(path, run_dir)
+        where = f"trial {trial} (killed in phase {phase})"
         if wait_for(milestones(run_dir)[phase], proc):
             time.sleep(rng.random() * phases[phase])
             proc.send_signal(signal.SIGKILL)
+        else:
+            assert proc.returncode == 0, f"{where}: the run failed before the kill"
         proc.wait(timeout=180)
-        where = f"trial {trial} (killed in phase {phase})"
         before = finished_stages(run_dir)
         assert list(before) == [f"{i + 1:02d}-train" for i in range(len(before))] and len(before) >= phase, where
         assert run(path, run_dir) == 0, where
@@ -164,8 +166,8 @@ def test_disk_full_during_a_checkpoint_write(write_pipeline, tmp_path, monkeypat
     fill_disk(monkeypatch, "weights.safetensors")
     assert run(changed, run_dir) == 2  # stage 1 resumed, stage 2 reran; its checkpoint hits the full disk
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot write ") and "Traceback" not in err
-    for words in ("02-train", "the disk is full", "free space", "delete old run folders", "finished stages are kept",
+    assert err.startswith(f"error: cannot write {run_dir / 'stages' / '02-train'}: ") and "Traceback" not in err
+    for words in ("the disk is full", "free space", "delete old run folders", "finished stages are kept",
                   "run the same command again"):
         assert words in err
     after = snapshot(run_dir)
@@ -199,6 +201,8 @@ def test_read_only_run_directory(write_pipeline, tmp_path, monkeypatch, capsys):
     assert err.startswith(f"error: cannot write {run_dir}") and "Traceback" not in err
     assert "read-only" in err and "--run-dir" in err
     assert snapshot(run_dir) == before
+    monkeypatch.undo()
+    assert run(path, run_dir) == 0 and statuses(run_dir) == ["resumed"]
 
 
 def test_sigint_stops_cleanly_and_the_rerun_resumes(write_pipeline, tmp_path):
