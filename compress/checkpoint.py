@@ -50,6 +50,22 @@ def writing(path: Path):
                           f"kept; {fix}, then run the same command again to resume after the last finished stage.") from None
 
 
+@contextmanager
+def staged(path: Path):
+    """Yield a temporary path beside `path` for a writer that needs a file name; rename it to `path` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with writing(path):
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, fsync, then rename over it."""
     with writing(path):

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+
+from .errors import CompressError
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,21 @@ def init_from_env(device: str) -> Distributed:
 def barrier(group: Distributed) -> None:
     if group.enabled:
         dist.barrier()
+
+
+def on_main(group: Distributed, action: Callable[[], None]) -> None:
+    """Run `action` on rank 0 only, then tell every rank whether it worked, so no rank waits forever for a failed one."""
+    error = None
+    if group.is_main:
+        try:
+            action()
+        except Exception as e:  # re-raised below, after the other ranks have heard of it
+            error = e
+    succeeded = all_reduce([0.0 if error else 1.0], group, "min")[0]
+    if error is not None:
+        raise error
+    if not succeeded:
+        raise CompressError("rank 0 failed to write the run folder (its error is printed above); this rank stops too")
 
 
 def all_reduce(values: list[float], group: Distributed, op: str = "sum") -> list[float]:

@@ -13,7 +13,7 @@ import yaml
 
 from .checkpoint import atomic_write, load_model_dir, read_metrics, read_spec, remove_leftovers, save_model_dir
 from .config import Pipeline, load_pipeline
-from .distributed import Distributed, barrier, init_from_env, shutdown
+from .distributed import Distributed, init_from_env, on_main, shutdown
 from .context import RunContext, say
 from .data import load_data
 from .errors import ConfigError, ExportError, RunDirError
@@ -34,8 +34,8 @@ def stage_folder(run_dir: Path, index: int, stage_type: str) -> Path:
     return run_dir / "stages" / f"{index + 1:02d}-{stage_type}"
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run folder, prove it is writable and clear a killed run's temporary files before any work starts."""
+def prepare_run_dir(run_dir: Path, resolved_config: str) -> None:
+    """Create the run folder, prove it is writable, clear a killed run's temporary files, save the resolved config."""
     try:
         (run_dir / "stages").mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / ".write-test", b"ok")
@@ -43,6 +43,7 @@ def prepare_run_dir(run_dir: Path) -> None:
         remove_leftovers(run_dir)
     except OSError as e:
         raise RunDirError(f"run directory {run_dir} is not writable ({e.strerror}); choose another with --run-dir") from None
+    atomic_write(run_dir / "pipeline.resolved.yaml", resolved_config.encode())
 
 
 def check_export_config(pipeline: Pipeline, target) -> None:
@@ -118,10 +119,7 @@ def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: boo
     from .targets import fingerprint
 
     cfg = pipeline.config
-    if group.is_main:
-        prepare_run_dir(run_dir)
-        atomic_write(run_dir / "pipeline.resolved.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
-    barrier(group)
+    on_main(group, lambda: prepare_run_dir(run_dir, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
 
     data = load_data(cfg.data, cfg.seed)
     check_model_fits_data(pipeline, data)
@@ -160,10 +158,7 @@ def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: boo
         metrics = {**model_metrics(model, data.input_shape), "val_accuracy": val["accuracy"], "val_loss": val["loss"],
                    "seconds": time.time() - t0, **result.metrics}
         stage_info = {"index": i, "type": scfg.type, "label": label, "hash": hashes[i]}
-        if group.is_main:
-            save_model_dir(folders[i], model, spec, metrics, {"stage": stage_info})
-            remove_stale_stages(run_dir, keep=folders[: i + 1])
-        barrier(group)
+        on_main(group, lambda: save_stage(folders, i, model, spec, metrics, stage_info))
         records.append({**stage_info, "status": "ran", "metrics": metrics})
 
     if not group.is_main:
@@ -192,6 +187,12 @@ def finished_prefix(folders: list[Path], hashes: list[str]) -> int:
             break
         done += 1
     return done
+
+
+def save_stage(folders: list[Path], index: int, model, spec: dict, metrics: dict, stage_info: dict) -> None:
+    """Checkpoint a finished stage and drop the folders of later stages left by an earlier config."""
+    save_model_dir(folders[index], model, spec, metrics, {"stage": stage_info})
+    remove_stale_stages(folders[index].parent.parent, keep=folders[: index + 1])
 
 
 def remove_stale_stages(run_dir: Path, keep: list[Path]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import onnx
 
 from . import Exporter, ExportRequest, register_exporter
-from .onnx import fp32_onnx
+from .onnx import fp32_onnx, save_onnx
 
 
 @register_exporter
@@ -19,5 +19,4 @@ class OnnxFp16Exporter(Exporter):
 
         path = request.out_dir / f"{request.name}.fp16.onnx"
         model = convert_float_to_float16(onnx.load(str(fp32_onnx(request))), keep_io_types=True)
-        onnx.save(model, str(path))
-        return path
+        return save_onnx(model, path)

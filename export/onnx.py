@@ -7,6 +7,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from compress.checkpoint import staged
 from compress.errors import ExportError
 
 from . import Exporter, ExportRequest, register_exporter
@@ -26,7 +27,12 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
     """Export `model` (eval mode, CPU) with input 'input' and output 'logits', batch axis dynamic."""
     model = model.cpu().eval()
     example = torch.zeros(2, *input_shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with staged(path) as tmp:
+        export_to(model, example, tmp, opset, exporter)
+    return path
+
+
+def export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -37,16 +43,24 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
             else:
                 torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
                                   output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    except OSError:
+        raise
     except Exception as e:  # the exporters raise many unrelated types
         raise ExportError(f"ONNX export ({exporter}, opset {opset}) failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    return path
 
 
 def simplify(path: Path) -> None:
     """Fold constants and remove redundant nodes in place (onnxslim)."""
     import onnxslim
 
-    onnx.save(onnxslim.slim(onnx.load(str(path))), str(path))
+    save_onnx(onnxslim.slim(onnx.load(str(path))), path)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
+    """Write an ONNX model atomically (temporary file, then rename)."""
+    with staged(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
 
 
 def fp32_onnx(request: ExportRequest) -> Path:

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from compress.errors import ExportError
 
 from . import Exporter, ExportRequest, register_exporter
-from .onnx import fp32_onnx
+from .onnx import fp32_onnx, save_onnx
 
 MIN_CALIBRATION = 32
 VALIDATION_BATCH = 100
@@ -93,6 +93,4 @@ class OnnxInt8Exporter(Exporter):
         if symmetric:
             signed_activations(quantized)
             self._notes.append("symmetric signed int8 activations (zero point 0) for TensorRT")
-        path = request.out_dir / f"{request.name}.int8.onnx"
-        onnx.save(quantized, str(path))
-        return path
+        return save_onnx(quantized, request.out_dir / f"{request.name}.int8.onnx")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from compress import __version__
-from compress.checkpoint import sha256_file
+from compress.checkpoint import sha256_file, staged
 
 from . import Artifact, Exporter, ExportRequest, register_exporter
 
@@ -115,7 +115,12 @@ class TensorRTExporter(Exporter):
     def export(self, request: ExportRequest) -> Path:
         folder = request.out_dir / f"tensorrt-{request.target.name}"
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        with staged(folder) as tmp:  # a bundle appears complete or not at all
+            tmp.mkdir()
+            self.write_bundle(tmp, request)
+        return folder
+
+    def write_bundle(self, folder: Path, request: ExportRequest) -> None:
         plan = engine_plan(request)
         for entry in plan:
             shutil.copy2(request.out_dir / entry["onnx"], folder / entry["onnx"])
@@ -130,7 +135,6 @@ class TensorRTExporter(Exporter):
         else:
             self._notes.append("device bundle: run build_engine.sh on the target (no local TensorRT + CUDA, or a Jetson target)")
         (folder / "manifest.json").write_text(json.dumps(manifest(plan, request, built), indent=2) + "\n")
-        return folder
 
 
 def manifest(plan: list[dict], request: ExportRequest, built: bool) -> dict:

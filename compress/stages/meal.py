@@ -16,7 +16,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from ..checkpoint import load_model_dir, save_model_dir
-from ..distributed import barrier
+from ..distributed import on_main
 from ..config import Strict, sha256_json
 from ..context import RunContext
 from ..distill import Adversary, Discriminator, TeacherTargets, distillation_loss
@@ -161,9 +161,9 @@ def train_teacher(teacher: Teacher, ctx: RunContext) -> None:
     teacher_ctx = dataclasses.replace(ctx, seed=teacher.seed, stage_name=f"{ctx.stage_name} {teacher.info['name']}")
     history = Trainer(teacher.model, teacher.job, teacher_ctx).fit()
     teacher.info["train_seconds"] = time.time() - start
-    if teacher.folder is not None and ctx.is_main:
-        save_model_dir(teacher.folder, teacher.model, teacher.spec, {"history": history, "train_seconds": teacher.info["train_seconds"]})
-    barrier(ctx.dist)
+    if teacher.folder is not None:
+        metrics = {"history": history, "train_seconds": teacher.info["train_seconds"]}
+        on_main(ctx.dist, lambda: save_model_dir(teacher.folder, teacher.model, teacher.spec, metrics))
     teacher.job = None
 
 
