@@ -114,6 +114,13 @@ def points(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
+def compared(gap: float, spread: float) -> str:
+    """A gap in words against the seed spread."""
+    if abs(gap) <= spread:
+        return "within the seed spread"
+    return "clearly ahead" if gap > 0 else "clearly behind"
+
+
 def verdicts(results: dict[str, list[dict]]) -> list[str]:
     """How far each MEAL row is ahead of the baselines, compared with the seeds' spread, and what the discriminator adds."""
     test = {row: [r["test_accuracy"] for r in runs] for row, runs in results.items()}
@@ -124,11 +131,10 @@ def verdicts(results: dict[str, list[dict]]) -> list[str]:
     for row in meal:
         for base in (ce, kd):
             gap, spread = mean[row] - mean[base], std[row] + std[base]
-            clear = "more than" if gap > spread else "not more than"
-            lines.append(f"- {row} vs {base}: {100 * gap:+.2f} points, {clear} the seed spread ({100 * spread:.2f} = sum of both std)")
+            lines.append(f"- {row} vs {base}: {100 * gap:+.2f} points, {compared(gap, spread)} "
+                         f"(seed spread {100 * spread:.2f} = sum of both std)")
     gap = mean[meal[1]] - mean[meal[0]]
-    helps = "helps" if gap > std[meal[0]] + std[meal[1]] else "does not help beyond the seed spread" if gap > 0 else "does not help"
-    lines.append(f"- discriminator: {100 * gap:+.2f} points with it; here it {helps}")
+    lines.append(f"- discriminator: {100 * gap:+.2f} points with it: {compared(gap, std[meal[0]] + std[meal[1]])}")
     return lines
 
 
@@ -159,7 +165,7 @@ def markdown(args, data, spec: dict, results: dict[str, list[dict]], teacher_acc
         f"{cache['cached']['teacher_seconds']:.1f} s with the cache (one pass over the training split) vs "
         f"{cache['live']['teacher_seconds']:.1f} s without it (one pass per epoch); the whole stage took "
         f"{cache['cached']['seconds']:.1f} s vs {cache['live']['seconds']:.1f} s.", "",
-        "Findings (test accuracy; 'clear' means the gap exceeds the sum of both rows' standard deviations):", *verdicts(results), "",
+        "Findings (test accuracy; 'clearly' means the gap exceeds the sum of both rows' standard deviations):", *verdicts(results), "",
         machine_line(command_line()) + f" Device {args.device}.",
     ]
     return "\n".join(lines) + "\n"
