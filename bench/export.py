@@ -115,7 +115,7 @@ def main(argv=None) -> None:
         f"{timing['fp32'][1] / timing['int8'][1]:.2f}x at batch 1, {timing['fp32'][32] / timing['int8'][32]:.2f}x at batch 32.",
         f"- Deployable for `host`: {deploy['format'] if deploy else 'none'}.", "",
         "Cost model (per-layer roofline, `targets/cost.py`) against measured fp32 latency on this machine; "
-        "'calibrated' fits efficiency and per-layer overhead on the other variants (leave one out):", "",
+        "'calibrated' fits compute efficiency, memory efficiency and per-layer overhead on the other variants (leave one out):", "",
         "| variant | MACs | measured b1 / b32 (ms) | estimated, profile defaults | estimated, calibrated |", "|---|---|---|---|---|",
     ]
     for r in rows:
