@@ -70,12 +70,11 @@ class Exporter:
     packages: ClassVar[bool] = False
     runtime: ClassVar[Optional[str]] = None  # packaging exporters: the target runtime they package for
 
+    def __init__(self):
+        self.notes: list[str] = []  # what the last export decided that the report should say (fallbacks, settings)
+
     def export(self, request: ExportRequest) -> Path:
         raise NotImplementedError
-
-    def notes(self) -> list[str]:
-        """What the last export decided that the report should say (fallbacks, settings chosen)."""
-        return []
 
 
 EXPORTERS: Registry[type[Exporter]] = Registry("export format")

@@ -61,12 +61,6 @@ class OnnxInt8Exporter(Exporter):
     format = "onnx-int8"
     precision = "int8"
 
-    def __init__(self):
-        self._notes: list[str] = []
-
-    def notes(self) -> list[str]:
-        return self._notes
-
     def export(self, request: ExportRequest) -> Path:
         import nncf
 
@@ -87,10 +81,10 @@ class OnnxInt8Exporter(Exporter):
                 batches = [(x.numpy(), y.numpy()) for x, y in zip(val.x.split(VALIDATION_BATCH), val.y.split(VALIDATION_BATCH))]
                 quantized = nncf.quantize_with_accuracy_control(
                     model, calib, nncf.Dataset(batches, lambda b: {"input": b[0]}), accuracy_fn, max_drop=max_drop, **settings)
-                self._notes.append(f"accuracy-controlled quantization (max drop {max_drop:.2%} on {len(val)} validation examples)")
+                self.notes.append(f"accuracy-controlled quantization (max drop {max_drop:.2%} on {len(val)} validation examples)")
             else:
                 quantized = nncf.quantize(model, calib, **settings)
         if symmetric:
             signed_activations(quantized)
-            self._notes.append("symmetric signed int8 activations (zero point 0) for TensorRT")
+            self.notes.append("symmetric signed int8 activations (zero point 0) for TensorRT")
         return save_onnx(quantized, request.out_dir / f"{request.name}.int8.onnx")

@@ -44,7 +44,7 @@ def export_and_validate(model, spec: dict, data: DataBundle, config: ExportConfi
         try:
             path = exporter.export(request)
             if exporter.packages:
-                request.artifacts.append(bundle_artifact(path, request, exporter.notes()))
+                request.artifacts.append(bundle_artifact(path, request, exporter.notes))
                 continue
             check_graph(path, target)
             artifact = validate_artifact(path, fmt, exporter.precision, reference, data.val, reference_accuracy,
@@ -55,7 +55,7 @@ def export_and_validate(model, spec: dict, data: DataBundle, config: ExportConfi
             request.artifacts.append(Artifact(format=fmt, precision=exporter.precision, path="", size_bytes=0, sha256="",
                                               status="failed", reason=str(e)))
             continue
-        artifact.notes = exporter.notes()
+        artifact.notes = exporter.notes
         if target.host:
             artifact.estimated_latency_ms, artifact.latency_source = artifact.latency_ms.get("1"), "measured"
         elif exporter.precision in target.peak_tops:

@@ -106,12 +106,6 @@ class TensorRTExporter(Exporter):
     packages = True
     runtime = "tensorrt"
 
-    def __init__(self):
-        self._notes: list[str] = []
-
-    def notes(self) -> list[str]:
-        return self._notes
-
     def export(self, request: ExportRequest) -> Path:
         folder = request.out_dir / f"tensorrt-{request.target.name}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -131,9 +125,9 @@ class TensorRTExporter(Exporter):
         built = request.target.device_class != "jetson" and tensorrt_available()
         if built:
             build_engines(plan, folder, request)
-            self._notes.append("engines built here with the local TensorRT")
+            self.notes.append("engines built here with the local TensorRT")
         else:
-            self._notes.append("device bundle: run build_engine.sh on the target (no local TensorRT + CUDA, or a Jetson target)")
+            self.notes.append("device bundle: run build_engine.sh on the target (no local TensorRT + CUDA, or a Jetson target)")
         (folder / "manifest.json").write_text(json.dumps(manifest(plan, request, built), indent=2) + "\n")
 
 
