@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -14,12 +16,15 @@ from compress.checkpoint import atomic_write, load_model_dir, read_spec, save_mo
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import DataBundle
+from compress.export.validate import median_latency_ms, ort_session
+from compress.metrics import model_metrics
 from compress.models import build_model, make_spec
 from compress.pipeline import seed_everything
 from compress.training import TrainConfig, Trainer
 
 # The reference model of the benchmarks: a 308k-parameter ResNet (37M MACs per 28x28 image).
 REFERENCE = {"arch": "resnet_s", "kwargs": {"widths": [32, 64, 128], "depths": [1, 1, 1]}}
+BATCHES = (1, 32)  # batch sizes every latency is measured at
 
 
 def trained_model(arch: dict, data: DataBundle, data_cfg: DataConfig, train: TrainConfig, seed: int, cache: Path,
@@ -27,16 +32,57 @@ def trained_model(arch: dict, data: DataBundle, data_cfg: DataConfig, train: Tra
     """Train `arch` on `data` (or reuse the cached result of the same settings) and return (model, spec)."""
     spec = make_spec(arch["arch"], data.in_channels, data.num_classes, arch["kwargs"])
     key = sha256_json({"spec": spec, "data": data_cfg.model_dump(mode="json"), "train": train.model_dump(), "seed": seed})[:16]
-    folder = cache / f"{arch['arch']}-{key}"
-    if read_spec(folder):
-        model, spec, _ = load_model_dir(folder)
-        return model, spec
+
+    model, spec, _ = cached_model(cache / f"{arch['arch']}-{key}", lambda: train_from_scratch(arch, data, data_cfg, train, seed, quiet))
+    return model, spec
+
+
+def train_from_scratch(arch: dict, data: DataBundle, data_cfg: DataConfig, train: TrainConfig, seed: int,
+                       quiet: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Build `arch` ({arch, kwargs}) with seeded weights and train it on `data`; returns (model, spec)."""
     seed_everything(seed)
+    spec = make_spec(arch["arch"], data.in_channels, data.num_classes, arch["kwargs"])
     model = build_model(spec)
     ctx = RunContext(data=data, data_config=data_cfg, seed=seed, quiet=quiet, stage_name=arch["arch"])
     Trainer(model, train, ctx).fit()
-    save_model_dir(folder, model, spec, {})
     return model, spec
+
+
+def cached_model(folder: Path, make: Callable[[], tuple[torch.nn.Module, dict]]) -> tuple[torch.nn.Module, dict, dict]:
+    """(model, spec, metrics) saved in `folder`, or made by `make()` and saved there; metrics hold make's wall time."""
+    if read_spec(folder):
+        return load_model_dir(folder)
+    start = time.perf_counter()
+    model, spec = make()
+    metrics = {"seconds": time.perf_counter() - start}
+    save_model_dir(folder, model, spec, metrics)
+    return model, spec, metrics
+
+
+def scaled_reference(data: DataBundle, key: str, value: float) -> dict:
+    """Kwargs of a resnet_s with the reference's depths and widths scaled (multiples of 8) so that `key` ('macs' or
+    'params') comes closest to `value`."""
+    def widths(scale: float) -> tuple[int, ...]:
+        return tuple(max(8, round(w * scale / 8) * 8) for w in REFERENCE["kwargs"]["widths"])
+
+    cost = {}
+    for w in {widths(s / 100) for s in range(5, 101)}:
+        model = build_model(make_spec(REFERENCE["arch"], data.in_channels, data.num_classes, {**REFERENCE["kwargs"], "widths": list(w)}))
+        cost[w] = model_metrics(model, data.input_shape)[key]
+    best = min(cost, key=lambda w: abs(cost[w] / value - 1))
+    return {**REFERENCE["kwargs"], "widths": list(best)}
+
+
+def latencies(paths: dict[str, str], data: DataBundle, runs: int, rounds: int) -> dict[str, dict[int, float]]:
+    """Median ONNX Runtime latency (ms) per model and batch size; the models are timed in alternating rounds so that
+    machine noise hits them alike."""
+    sessions = {name: ort_session(Path(path)) for name, path in paths.items()}
+    samples = {name: {b: [] for b in BATCHES} for name in paths}
+    for _ in range(rounds):
+        for batch in BATCHES:
+            for name, session in sessions.items():
+                samples[name][batch].append(median_latency_ms(session, data.val.x[:batch], runs))
+    return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in samples.items()}
 
 
 def bench_parser(doc: str) -> argparse.ArgumentParser:

@@ -9,13 +9,11 @@ import argparse
 import statistics
 from pathlib import Path
 
-import torch
-
-from common import REFERENCE, command_line, machine_line, trained_model, write_section
+from common import BATCHES, REFERENCE, command_line, latencies, machine_line, trained_model, write_section
 from compress.config import DataConfig, ExportConfig
 from compress.data import load_data
 from compress.export.runner import export_and_validate
-from compress.export.validate import median_latency_ms, ort_session, run_session
+from compress.export.validate import ort_session, run_session
 from compress.models import build_model, make_spec
 from compress.metrics import layer_costs
 from compress.targets import resolve
@@ -29,7 +27,6 @@ VARIANTS = [
     ("resnet_s", {"widths": [32, 64, 128], "depths": [1, 1, 1]}), ("resnet_s", {"widths": [48, 96, 192], "depths": [1, 1, 1]}),
     ("mobilenet_s", {}), ("mobilenet_s", {"stem": 8, "blocks": [[1, 8, 1, 1], [4, 16, 2, 2], [4, 24, 2, 2]], "head": 64}),
 ]
-BATCHES = (1, 32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,17 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench-export"))
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     return p.parse_args(argv)
-
-
-def side_by_side(paths: dict[str, Path], x: torch.Tensor, runs: int, rounds: int) -> dict[str, dict[int, float]]:
-    """Median latency per file and batch size, the files timed in alternation so machine noise hits both alike."""
-    sessions = {name: ort_session(path) for name, path in paths.items()}
-    samples = {name: {b: [] for b in BATCHES} for name in paths}
-    for _ in range(rounds):
-        for batch in BATCHES:
-            for name, session in sessions.items():
-                samples[name][batch].append(median_latency_ms(session, x[:batch], runs))
-    return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in samples.items()}
 
 
 def cost_model_rows(data, work: Path, runs: int) -> tuple[list[dict], float, float]:
@@ -92,7 +78,7 @@ def main(argv=None) -> None:
     fp32, int8 = artifacts
     test = {a.precision: float((run_session(ort_session(Path(a.path)), data.test.x, 512).argmax(1) == data.test.y).float().mean())
             for a in artifacts}
-    timing = side_by_side({a.precision: Path(a.path) for a in artifacts}, data.val.x, args.runs, args.rounds)
+    timing = latencies({a.precision: a.path for a in artifacts}, data, args.runs, args.rounds)
     rows, default_error, loo_error = cost_model_rows(data, args.work_dir, args.runs)
     lines = [
         "## Export: ONNX parity, INT8, cost model (`bench/export.py`)", "",

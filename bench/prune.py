@@ -22,23 +22,18 @@ from pathlib import Path
 
 import torch
 
-from common import REFERENCE, bench_parser, command_line, machine_line, trained_model, write_section
+from common import REFERENCE, bench_parser, command_line, latencies, machine_line, scaled_reference, trained_model, write_section
 from compress.checkpoint import atomic_write, to_json
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import load_data
 from compress.errors import ConfigError
 from compress.export.onnx import export_onnx
-from compress.export.validate import median_latency_ms, ort_session
 from compress.metrics import model_metrics
-from compress.models import build_model, make_spec
 from compress.pipeline import seed_everything
 from compress.stages.prune import PruneStage
 from compress.targets import resolve
 from compress.training import TrainConfig, evaluate
-
-BATCHES = (1, 32)
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = bench_parser(__doc__)
@@ -98,10 +93,11 @@ class Bench:
 
     def pruned(self, stage: dict, seed: int) -> dict:
         """Fine-tune a copy of the seed's reference with a prune stage."""
+        config = PruneStage.Config.model_validate({"type": "prune", "epochs": self.args.finetune_epochs, **stage})
+
         def make(onnx_path: Path) -> dict:
             model, spec = self.reference(seed)
             seed_everything(seed)
-            config = PruneStage.Config.model_validate({"type": "prune", "epochs": self.args.finetune_epochs, **stage})
             try:
                 result = PruneStage(config).run(copy.deepcopy(model), spec, self.ctx(seed, "prune"))
             except ConfigError as e:
@@ -109,7 +105,7 @@ class Bench:
             keep = ("schedule", "channel_ratio", "macs_ratio")
             return {**self.measure(result.model, onnx_path), **{k: result.metrics[k] for k in keep if k in result.metrics}}
 
-        return self.cached({"prune": stage, "seed": seed, "finetune_epochs": self.args.finetune_epochs}, make)
+        return self.cached({"prune": config.model_dump(mode="json"), "seed": seed}, make)
 
     def dense(self, kwargs: dict, seed: int) -> dict:
         """Train a resnet_s of the given widths from scratch for the reference's epochs plus the fine-tuning epochs."""
@@ -121,31 +117,6 @@ class Bench:
             return {**self.measure(model, onnx_path), "kwargs": kwargs}
 
         return self.cached({"dense": kwargs, "seed": seed, "train": train.model_dump()}, make)
-
-    def small_dense(self, key: str, value: float) -> dict:
-        """resnet_s kwargs (widths multiples of 8, the reference's depths) whose `key` ('macs' or 'params') is closest to `value`."""
-        def widths(scale: float) -> list[int]:
-            return [max(8, round(w * scale / 8) * 8) for w in REFERENCE["kwargs"]["widths"]]
-
-        candidates = {tuple(widths(s / 100)) for s in range(5, 101)}
-        cost = {}
-        for w in candidates:
-            kwargs = {**REFERENCE["kwargs"], "widths": list(w)}
-            model = build_model(make_spec("resnet_s", self.data.in_channels, self.data.num_classes, kwargs))
-            cost[w] = model_metrics(model, self.data.input_shape)[key]
-        best = min(cost, key=lambda w: abs(cost[w] / value - 1))
-        return {**REFERENCE["kwargs"], "widths": list(best)}
-
-
-def latencies(paths: dict[str, str], data, runs: int, rounds: int) -> dict[str, dict[int, float]]:
-    """Median ONNX Runtime latency per model and batch size, the models timed in alternation."""
-    sessions = {name: ort_session(Path(path)) for name, path in paths.items()}
-    samples = {name: {b: [] for b in BATCHES} for name in paths}
-    for _ in range(rounds):
-        for batch in BATCHES:
-            for name, session in sessions.items():
-                samples[name][batch].append(median_latency_ms(session, data.val.x[:batch], runs))
-    return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in samples.items()}
 
 
 def points(values: list[float]) -> str:
@@ -175,12 +146,12 @@ def main(argv=None) -> None:
         one_shot = {"method": "channel", "target_macs": 1 / factor, "schedule": {"kind": "one_shot"}}
         rows = {"gradual": [bench.pruned(gradual, s) for s in seeds], "one-shot": [bench.pruned(one_shot, s) for s in seeds]}
         goal = rows["gradual"][0].get("macs", base[0]["macs"] / factor)
-        rows["small dense"] = [bench.dense(bench.small_dense("macs", goal), s) for s in seeds]
+        rows["small dense"] = [bench.dense(scaled_reference(bench.data, "macs", goal), s) for s in seeds]
         channel_rows[factor] = rows
     for sparsity in args.sparsities:
         stage = {"method": "magnitude", "final_sparsity": sparsity, "schedule": {"frequency": args.frequency}}
         rows = {"gradual magnitude": [bench.pruned(stage, s) for s in seeds]}
-        rows["small dense"] = [bench.dense(bench.small_dense("params", rows["gradual magnitude"][0]["nonzero_params"]), s) for s in seeds]
+        rows["small dense"] = [bench.dense(scaled_reference(bench.data, "params", rows["gradual magnitude"][0]["nonzero_params"]), s) for s in seeds]
         unstructured_rows[sparsity] = rows
 
     timed = {"reference": base[0]["onnx"]}
@@ -192,13 +163,14 @@ def main(argv=None) -> None:
 
 def markdown(args, bench: Bench, base, reference, channel_rows, unstructured_rows, latency) -> str:
     data, ref_lat = bench.data, latency["reference"]
+    defaults = PruneStage.Config(type="prune")
     lines = [
         "## Pruning (`type: prune`, `bench/prune.py`)", "",
         f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}: {len(data.train):,} train / {len(data.val):,} val / "
         f"{len(data.test):,} test. Reference {REFERENCE['arch']} {REFERENCE['kwargs']} ({base[0]['params']:,} params, "
         f"{base[0]['macs'] / 1e6:.1f}M MACs), trained {args.epochs} epochs (SGD, lr 0.1, cosine). Every prune row fine-tunes it for "
-        f"{args.finetune_epochs} epochs (SGD, lr 0.01, cosine); gradual rows prune on the cubic schedule from step 0 to 75% of the "
-        f"steps, every {args.frequency} steps; one-shot rows prune at step 0. Small dense rows: resnet_s with widths scaled to the "
+        f"{args.finetune_epochs} epochs (SGD, lr {defaults.lr:g}, cosine); gradual rows prune on the cubic schedule from step 0 to "
+        f"{defaults.schedule.end:.0%} of the steps, every {args.frequency} steps; one-shot rows prune at step 0. Small dense rows: resnet_s with widths scaled to the "
         f"same MACs (channel) or non-zero parameters (unstructured), trained from scratch for {args.epochs + args.finetune_epochs} "
         f"epochs like the reference. Channel alignment {bench.target.channel_alignment} (target {bench.target.name}). "
         f"Seeds {', '.join(map(str, args.seeds))}; test accuracy in percent, mean ± sample std over seeds. Latency: ONNX Runtime "

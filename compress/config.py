@@ -107,6 +107,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
 def validate_stages(path: Path, config: PipelineConfig) -> list:
     """Validate each stage entry against its stage class's Config; collect every problem."""
     from .stages import STAGES
+    from .stages.base import stage_label
 
     problems, stages = [], []
     for i, entry in enumerate(config.stages):
@@ -121,9 +122,15 @@ def validate_stages(path: Path, config: PipelineConfig) -> list:
             problems.append(f"{where}.type: {e}")
             continue
         try:
-            stages.append((cls, cls.Config.model_validate(entry)))
+            stage_config = cls.Config.model_validate(entry)
         except ValidationError as e:
             problems.extend(error_lines(e, prefix=where))
+            continue
+        labels = [stage_label(c) for _, c in stages]
+        for key, label in stage_config.earlier_stages().items():
+            if label not in labels:
+                problems.append(f"{where}.{key}: {label!r} is not an earlier stage; expected one of: {', '.join(labels) or '(none)'}")
+        stages.append((cls, stage_config))
     if problems:
         raise ConfigError(f"{path}: invalid pipeline:\n  " + "\n  ".join(problems))
     return stages

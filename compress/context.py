@@ -28,6 +28,7 @@ class RunContext:
     stage_name: str = "train"
     stage_dir: Optional[Path] = None  # the running stage's private folder, kept across interrupted runs
     dist: Distributed = SINGLE  # torchrun rank and world size; only rank 0 writes files
+    earlier: dict[str, Path] = field(default_factory=dict)  # this run's finished stages: label -> output folder
 
     @property
     def is_main(self) -> bool:

@@ -20,6 +20,7 @@ from .errors import ConfigError, ExportError, RunDirError
 from .metrics import model_metrics
 from .models import build_model, load_weights, make_spec
 from .report import build_report, print_summary, write_report
+from .stages.base import stage_label
 from .training import evaluate
 
 
@@ -145,11 +146,11 @@ def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: boo
 
     for i in range(done, len(pipeline.stages)):
         cls, scfg = pipeline.stages[i]
-        label = scfg.name or scfg.type
+        label = stage_label(scfg)
         seed_everything(cfg.seed + i)
         ctx = RunContext(data=data, data_config=cfg.data, run_dir=run_dir, target=profile, device=torch_device,
                          seed=cfg.seed + i, quiet=quiet, stage_name=label, stage_dir=run_dir / "work" / folders[i].name,
-                         dist=group)
+                         dist=group, earlier={stage_label(pipeline.stages[j][1]): folders[j] for j in range(i)})
         say(f"stage {i + 1}/{len(pipeline.stages)}: {label}", quiet)
         t0 = time.time()
         result = cls(scfg).run(model, spec, ctx)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from compress.config import Strict
 
@@ -43,6 +43,8 @@ class TargetProfile(Strict):
     memory_bandwidth_gbps: PositiveFloat
     memory_gb: PositiveFloat
     channel_alignment: PositiveInt = Field(1, description="channel counts should be a multiple of this")
+    int8_min_out_channels: NonNegativeInt = Field(0, description="INT8 ONNX: convolutions with fewer output channels stay "
+                                                                  "fp32 (narrow int8 CPU kernels can be slower than fp32)")
     max_opset: PositiveInt = Field(description="highest ONNX opset the runtime parses")
     tensorrt_version: Optional[str] = None
     jetpack: Optional[str] = None

@@ -22,8 +22,8 @@ def shrink(config: dict) -> dict:
     config.pop("root", None)
     for stage in config["stages"]:
         stage["epochs"] = 1
-        if "schedule" in stage:
-            stage["schedule"]["frequency"] = 2
+        if stage["type"] == "prune":
+            stage.setdefault("schedule", {})["frequency"] = 2
         for teacher in stage.get("teachers", []):
             if "train" in teacher:
                 teacher["train"]["epochs"] = 1

@@ -79,6 +79,30 @@ def test_int8_for_cpu_uses_accuracy_control_and_stays_close(trained, tiny_data, 
     assert artifacts[1].accuracy_drop <= 0.02 and deploy is not None
 
 
+def conv_weights(path) -> dict[str, tuple[int, bool]]:
+    """Conv node name -> (output channels, whether its weight arrives through a DequantizeLinear, i.e. is int8)."""
+    model = onnx.load(path)
+    shapes = {i.name: i.dims[0] for i in model.graph.initializer if i.dims}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    convs = {}
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        source = producers.get(node.input[1])
+        weight = source.input[0] if source is not None and source.op_type == "DequantizeLinear" else node.input[1]
+        convs[node.name] = (shapes[weight], source is not None and source.op_type == "DequantizeLinear")
+    return convs
+
+
+@pytest.mark.parametrize("target, fp32_convs", [("x86-avx2", 1), ("jetson-orin-nano", 0)])
+def test_int8_keeps_convolutions_narrower_than_the_target_minimum_in_fp32(trained, tiny_data, tmp_path, target, fp32_convs):
+    model, spec = trained
+    config = FAST.model_copy(update={"formats": ["onnx", "onnx-int8"], "accuracy_control": False})
+    artifacts, _ = export_and_validate(model, spec, tiny_data, config, resolve(target), tmp_path)
+    convs = conv_weights(artifacts[1].path)
+    assert sorted(convs.values()) == sorted([(8, fp32_convs == 0), (16, True)])  # cnn_s [8, 16]
+    kept = [n for n in artifacts[1].notes if "output channels in fp32" in n]
+    assert len(kept) == fp32_convs and all("kept 1 convolution(s) with fewer than 16 output channels" in n for n in kept)
+
+
 def test_too_small_calibration_set_is_recorded(trained, tiny_data, tmp_path):
     from dataclasses import replace
 

@@ -128,14 +128,39 @@ def test_end_to_end_then_resume_reuses_cached_teachers(write_pipeline, tmp_path)
     assert stages[1]["metrics"]["history"] == m["history"]  # the same student training, teachers reused or not
 
 
+def test_an_earlier_stage_teaches_the_pruned_model(write_pipeline, tmp_path):
+    stages = [{"type": "train", "epochs": 1},
+              {"type": "prune", "name": "shrink", "method": "channel", "final_sparsity": 0.5, "round_to": 4, "epochs": 1},
+              {"type": "meal", "teachers": [{"stage": "train"}, {"stage": "shrink"}], "discriminator": {"enabled": False}, "epochs": 1}]
+    path = write_pipeline(tiny_pipeline(model=STUDENT, stages=stages))
+    assert main([str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    train, shrink, meal = json.loads((tmp_path / "run" / "report.json").read_text())["stages"]
+    teachers = meal["metrics"]["teachers"]
+    assert [t["stage"] for t in teachers] == ["train", "shrink"]
+    assert [t["params"] for t in teachers] == [train["metrics"]["params"], shrink["metrics"]["params"]]
+    assert meal["metrics"]["params"] == shrink["metrics"]["params"] < train["metrics"]["params"]
+    assert teachers[0]["val_accuracy"] == pytest.approx(train["metrics"]["val_accuracy"])
+
+
+def test_a_teacher_stage_must_come_earlier(write_pipeline, tmp_path, capsys):
+    stages = [{"type": "train", "name": "warmup", "epochs": 1}, {"type": "meal", "teachers": [{"stage": "train"}]},
+              {"type": "train", "epochs": 1}]
+    path = write_pipeline(tiny_pipeline(model=STUDENT, stages=stages))
+    assert main([str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "stages[1].teachers[0].stage: 'train' is not an earlier stage; expected one of: warmup" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "stages").exists()
+
+
 BAD = [
     # (meal entry, words the error must contain); runtime checks follow a `train` teacher to show nothing was trained
     ({"teachers": []}, ["stages[0].teachers", "at least 1 item"]),
     ({"teachers": [TRAINED], "temperature": 0}, ["stages[0].temperature", "greater than 0", "(got 0)"]),
     ({"teachers": [TRAINED], "temperature": -1.5}, ["stages[0].temperature", "greater than 0"]),
     ({"teachers": [TRAINED], "hard_label_weight": 1.5}, ["stages[0].hard_label_weight", "less than or equal to 1"]),
-    ({"teachers": [{"arch": "cnn_s"}]}, ["stages[0].teachers[0]", "either {arch, weights[, kwargs]} or {train:"]),
-    ({"teachers": [{**TRAINED, "arch": "cnn_s"}]}, ["stages[0].teachers[0]", "either {arch, weights"]),
+    ({"teachers": [{"arch": "cnn_s"}]}, ["stages[0].teachers[0]", "one of {stage: NAME}, {arch, weights[, kwargs]} or {train:"]),
+    ({"teachers": [{**TRAINED, "arch": "cnn_s"}]}, ["stages[0].teachers[0]", "one of {stage: NAME}"]),
+    ({"teachers": [{"stage": "train", "arch": "cnn_s", "weights": "ten.safetensors"}]}, ["stages[0].teachers[0]", "one of {stage: NAME}"]),
+    ({"teachers": [TRAINED, {"stage": "train"}]}, ["stages[0].teachers[1].stage: 'train' is not an earlier stage; expected one of: (none)"]),
     ({"teachers": [{"train": {"count": 1}}]}, ["stages[0].teachers[0].train.arch", "Field required"]),
     ({"teachers": [TRAINED], "discriminator": {"enabeld": False}}, ["stages[0].discriminator.enabeld: unknown key"]),
     ({"teachers": [TRAINED, {"arch": "cnn_s", "kwargs": {"channels": [8, 16]}, "num_classes": 5, "weights": "five.safetensors"}]},

@@ -120,9 +120,9 @@ def test_schedule_matches_hand_computed_values(kind, initial, final, start, end,
 
 
 def test_schedule_config_resolves_fractions_and_steps():
-    assert ScheduleConfig().steps(80) == (0, 60)
+    assert ScheduleConfig().steps(80) == (0, 24)
     assert ScheduleConfig(start_step=5, end_step=20).steps(80) == (5, 20)
-    assert ScheduleConfig(kind="one_shot", start=0.5).steps(80) == (40, 60)
+    assert ScheduleConfig(kind="one_shot", start=0.5).steps(80) == (40, 40)
 
 
 # --- unstructured and N:M masks ---------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_masked_weights_stay_zero_through_optimizer_steps(ctx, optimizer):
 
 
 def test_magnitude_reaches_exactly_the_final_sparsity_and_keeps_excluded_layers_dense(ctx):
-    model, result = prune(ctx, RESNET, final_sparsity=0.75, schedule={"frequency": 2})
+    model, result = prune(ctx, RESNET, final_sparsity=0.75, schedule={"frequency": 2, "end": 0.75})
     m = result.metrics
     assert [t for t, _ in m["schedule"]] == [2, 4, 6] and m["schedule"][-1][1] == 0.75 and result.spec is None
     assert m["scope"] == ["blocks.0.conv1.0", "blocks.0.conv2", "blocks.1.conv1.0", "blocks.1.conv2", "blocks.1.shortcut.0"]
@@ -185,7 +185,7 @@ def test_nm_checker():
 
 
 def test_nm_pruning_ends_in_the_2_4_pattern_and_marks_the_spec(ctx):
-    model, result = prune(ctx, RESNET, method="nm", schedule={"frequency": 3})
+    model, result = prune(ctx, RESNET, method="nm", schedule={"frequency": 3, "end": 0.75})
     m = result.metrics
     assert m["sparsity_pattern"] == "2:4" and m["nm_violations"] == [] and result.spec["sparsity_pattern"] == "2:4"
     assert m["schedule"][-1] == [6, 0.5] and {m["layer_sparsity"][name] for name in m["scope"]} == {0.5}
@@ -196,7 +196,7 @@ def test_nm_pruning_ends_in_the_2_4_pattern_and_marks_the_spec(ctx):
 # --- structured channel pruning -------------------------------------------------------------------------------------
 
 def test_channel_pruning_reaches_the_macs_target_and_rebuilds_without_pickle(ctx, tmp_path):
-    model, result = prune(ctx, RESNET16, method="channel", target_macs=0.5, round_to=1, schedule={"frequency": 2})
+    model, result = prune(ctx, RESNET16, method="channel", target_macs=0.5, round_to=1, schedule={"frequency": 2, "end": 0.75})
     m = result.metrics
     assert 0.45 <= m["macs_ratio"] <= 0.5 and m["goal"] == {"key": "target_macs", "value": 0.5, "reached": m["macs_ratio"]}
     assert [t for t, _ in m["schedule"]] == [2, 4, 6] and m["schedule"][-1][1] == m["channel_ratio"]
@@ -335,7 +335,7 @@ def test_errors_that_need_the_model_come_before_training(ctx, spec, keys, words)
 ])
 def test_train_then_prune_through_the_cli(write_pipeline, tmp_path, prune, check):
     stages = [{"type": "train", "epochs": 1, "lr": 0.05},
-              {"type": "prune", "epochs": 1, "schedule": {"frequency": 2}, **prune}]
+              {"type": "prune", "epochs": 1, "schedule": {"frequency": 2, "end": 0.75}, **prune}]
     path = write_pipeline(tiny_pipeline(model={"arch": "resnet_s", "kwargs": RESNET16["kwargs"]}, stages=stages))
     run = [str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]
     assert main(run) == 0

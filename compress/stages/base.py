@@ -18,6 +18,15 @@ class StageConfig(Strict):
     type: str = Field(description="the stage's registered name")
     name: Optional[str] = Field(None, description="label in logs and the report; default: the type")
 
+    def earlier_stages(self) -> dict[str, str]:
+        """Earlier stages of the run whose output this stage reads: key path -> stage label."""
+        return {}
+
+
+def stage_label(config: StageConfig) -> str:
+    """How logs, the report and other stages name a stage: its `name`, or its type."""
+    return config.name or config.type
+
 
 @dataclass
 class StageResult:

@@ -35,7 +35,9 @@ class TeacherTraining(TrainConfig):
 
 
 class TeacherConfig(Strict):
-    """One `teachers` entry: `{arch, weights, kwargs?}` or `{train: {count, arch, epochs, ...}}`."""
+    """One `teachers` entry: `{stage: NAME}`, `{arch, weights, kwargs?}` or `{train: {count, arch, epochs, ...}}`."""
+
+    stage: Optional[str] = Field(None, description="the model an earlier stage of this run produced (its name, or type when unnamed)")
 
     arch: Optional[str] = Field(None, description="architecture of a teacher loaded from `weights`")
     weights: Optional[Path] = Field(None, description="the teacher's .safetensors (or tensors-only .pt) file")
@@ -46,10 +48,10 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def one_form(self) -> "TeacherConfig":
-        from_file = self.arch is not None and self.weights is not None
-        trained = self.train is not None and self.model_fields_set == {"train"}
-        if from_file == trained:
-            raise ValueError("expected either {arch, weights[, kwargs]} or {train: {count, arch, epochs, ...}}")
+        from_file = self.arch is not None and self.weights is not None and not {"stage", "train"} & self.model_fields_set
+        forms = [from_file, self.model_fields_set == {"train"}, self.model_fields_set == {"stage"}]
+        if sum(forms) != 1:
+            raise ValueError("expected one of {stage: NAME}, {arch, weights[, kwargs]} or {train: {count, arch, epochs, ...}}")
         return self
 
 
@@ -85,6 +87,9 @@ class MealStage(Stage):
         discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
         cache_targets: bool = Field(True, description="compute teacher targets once (only when data.augment is off)")
 
+        def earlier_stages(self) -> dict[str, str]:
+            return {f"teachers[{i}].stage": t.stage for i, t in enumerate(self.teachers) if t.stage is not None}
+
     def run(self, model: nn.Module, spec: dict[str, Any], ctx: RunContext) -> StageResult:
         cfg = self.config
         teachers = self.build_teachers(spec, ctx)
@@ -112,7 +117,9 @@ class MealStage(Stage):
         """Build, load and check every teacher before any training; cached trained ones come back ready."""
         teachers: list[Teacher] = []
         for i, entry in enumerate(self.config.teachers):
-            if entry.train is None:
+            if entry.stage is not None:
+                teachers.append(stage_teacher(entry.stage, f"teachers[{i}]", ctx))
+            elif entry.train is None:
                 teachers.append(file_teacher(entry, spec, f"teachers[{i}]", ctx))
             else:
                 teachers += [planned_teacher(entry.train, spec, 1000 * (ctx.seed + 1) + len(teachers) + k,
@@ -131,6 +138,16 @@ def file_teacher(entry: TeacherConfig, student_spec: dict[str, Any], name: str, 
     except (ModelError, UnknownNameError) as e:  # WeightsError included
         raise type(e)(f"stage '{ctx.stage_name}': {name}: {e}") from None
     return Teacher(model, spec, {"name": name, "arch": entry.arch, "weights": str(entry.weights)})
+
+
+def stage_teacher(label: str, name: str, ctx: RunContext) -> Teacher:
+    """The model an earlier stage of this run saved (e.g. the unpruned one teaching its pruned copy)."""
+    folder = ctx.earlier.get(label)
+    if folder is None:
+        finished = ", ".join(ctx.earlier) or "none"
+        raise ConfigError(f"stage '{ctx.stage_name}': {name}.stage: no finished stage {label!r} in this run (finished: {finished})")
+    model, spec, _ = load_model_dir(folder, ctx.device)
+    return Teacher(model, spec, {"name": name, "arch": spec["arch"], "stage": label})
 
 
 def planned_teacher(job: TeacherTraining, student_spec: dict[str, Any], seed: int, name: str, ctx: RunContext) -> Teacher:

@@ -28,7 +28,8 @@ class ScheduleConfig(Strict):
     kind: Literal["cubic", "linear", "one_shot"] = Field("cubic", description="cubic: Zhu & Gupta; one_shot: all at `start`, then fine-tune")
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="sparsity set at the first pruning step")
     start: float = Field(0.0, description="first pruning step, as a fraction of the stage's training steps")
-    end: float = Field(0.75, description="step where the final sparsity is reached, as a fraction (1 = the last step)")
+    end: float = Field(0.3, description="step where the final sparsity is reached, as a fraction (1 = the last step); the rest "
+                                        "of the stage recovers accuracy")
     start_step: Optional[NonNegativeInt] = Field(None, description="first pruning step as a step number; replaces `start`")
     end_step: Optional[PositiveInt] = Field(None, description="last pruning step as a step number; replaces `end`")
     frequency: PositiveInt = Field(50, description="training steps between pruning steps")
@@ -48,12 +49,11 @@ class ScheduleConfig(Strict):
         return self
 
     def steps(self, total: int) -> tuple[int, int]:
-        """(start, end) as step numbers of a stage that trains for `total` steps."""
+        """(start, end) as step numbers of a stage that trains for `total` steps (one_shot: both are its one step)."""
         start = self.start_step if self.start_step is not None else round(self.start * total)
-        end = self.end_step if self.end_step is not None else round(self.end * total)
-        last = start if self.kind == "one_shot" else end
-        if last > total:
-            raise ConfigError(f"schedule ends at step {last}, after training ends (step {total}); lower start_step/end_step or add epochs")
+        end = start if self.kind == "one_shot" else self.end_step if self.end_step is not None else round(self.end * total)
+        if end > total:
+            raise ConfigError(f"schedule ends at step {end}, after training ends (step {total}); lower start_step/end_step or add epochs")
         if self.kind != "one_shot" and start >= end:
             raise ConfigError(f"schedule starts at step {start}, not before its end at step {end}")
         return start, end
@@ -79,7 +79,7 @@ class PruneConfig(StageConfig, TrainConfig):
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field("l2", description="channel: how channels are ranked")
     round_to: Optional[PositiveInt] = Field(None, description="channel: channel counts become multiples of this; default: "
                                                               "the target's channel_alignment")
-    lr: float = Field(0.01, gt=0, description="peak learning rate of the fine-tuning")
+    lr: float = Field(0.05, gt=0, description="peak learning rate of the fine-tuning")
 
     @field_validator("final_sparsity")
     @classmethod
