@@ -194,7 +194,7 @@ def padded_ticks(values: list[float], upper: Optional[float] = None) -> list[flo
 
 
 def svg(parts: list[str], width: int, height: int, title: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+    return (f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
             f'aria-label="{esc(title)}"><title>{esc(title)}</title>{"".join(parts)}</svg>')
 
 
