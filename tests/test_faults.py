@@ -209,7 +209,8 @@ def test_sigint_stops_cleanly_and_the_rerun_resumes(write_pipeline, tmp_path):
     run_dir = tmp_path / "run"
     stages = [STAGES[0], {**STAGES[1], "epochs": 10}, STAGES[2]]  # a stage 2 long enough to interrupt
     path = write_pipeline(tiny_pipeline(stages=stages))
-    proc = launch(path, run_dir, stderr=subprocess.PIPE, text=True)
+    # a shell that starts jobs in the background (CI scripts, nohup) hands them SIGINT ignored; a terminal does not
+    proc = launch(path, run_dir, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert wait_for(run_dir / "stages" / "01-train" / "spec.json", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
