@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch, Split
+from .distributed import SINGLE, Distributed, all_reduce, average_gradients
 from .training import Callback, LossFn
 
 
@@ -79,8 +80,8 @@ class Adversary(Callback):
     each student step, `on_step_end` takes one Adam step teaching the discriminator to tell the two apart.
     """
 
-    def __init__(self, discriminator: Discriminator, lr: float = 1e-4):
-        self.discriminator = discriminator
+    def __init__(self, discriminator: Discriminator, lr: float = 1e-4, group: Distributed = SINGLE):
+        self.discriminator, self.group = discriminator, group  # under torchrun every rank holds the same discriminator
         self.optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr)
         self.pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.totals = [0.0, 0.0, 0]  # loss sum, accuracy sum, steps in this epoch
@@ -98,6 +99,7 @@ class Adversary(Callback):
         loss = F.binary_cross_entropy_with_logits(scores, labels)
         self.optimizer.zero_grad(set_to_none=True)  # also drops what the student's backward left here
         loss.backward()
+        average_gradients(self.discriminator.parameters(), self.group)
         self.optimizer.step()
         return loss.item(), ((scores > 0).float() == labels).float().mean().item()
 
@@ -114,9 +116,9 @@ class Adversary(Callback):
             self.totals = [self.totals[0] + loss, self.totals[1] + accuracy, self.totals[2] + 1]
 
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
-        steps = max(self.totals[2], 1)
-        metrics["discriminator_loss"] = self.totals[0] / steps
-        metrics["discriminator_accuracy"] = self.totals[1] / steps
+        loss, accuracy, steps = all_reduce(self.totals, self.group)
+        metrics["discriminator_loss"] = loss / max(steps, 1)
+        metrics["discriminator_accuracy"] = accuracy / max(steps, 1)
 
 
 def distillation_loss(targets: Callable[[Batch], Targets], temperature: float = 1.0, hard_weight: float = 0.0,

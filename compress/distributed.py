@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -60,6 +60,17 @@ def on_main(group: Distributed, action: Callable[[], None]) -> None:
         raise error
     if not succeeded:
         raise CompressError("rank 0 failed to write the run folder (its error is printed above); this rank stops too")
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], group: Distributed) -> None:
+    """Average gradients across ranks, as DistributedDataParallel does for the module it wraps; unchanged in a single
+    process. For modules trained beside the main model (e.g. MEAL's discriminator) with their own optimizer."""
+    if not group.enabled:
+        return
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= group.world_size
 
 
 def all_reduce(values: list[float], group: Distributed, op: str = "sum") -> list[float]:

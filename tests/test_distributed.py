@@ -46,3 +46,40 @@ def test_resume_under_torchrun(write_pipeline, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [s["status"] for s in json.loads((run_dir / "report.json").read_text())["stages"]] == ["resumed", "resumed"]
     assert result.stderr.count("resuming") == 1  # only rank 0 speaks
+
+
+def discriminator_after_steps(rank: int, world_size: int, init_file: str, out: str) -> None:
+    """One process: three discriminator steps on this rank's own logits; saves the resulting weights."""
+    import torch
+    import torch.distributed as dist
+
+    from compress.distill import Adversary, Discriminator
+    from compress.distributed import SINGLE, Distributed
+
+    torch.set_num_threads(1)
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # the MEAL stage seeds identically on every rank before building the discriminator
+    adversary = Adversary(Discriminator(10, [8]), lr=1e-2, group=Distributed(rank, world_size) if world_size > 1 else SINGLE)
+    data = torch.Generator().manual_seed(100 + rank)
+    for _ in range(3):
+        adversary.step(torch.randn(16, 10, generator=data), torch.randn(16, 10, generator=data) * 3)
+    torch.save(adversary.discriminator.state_dict(), out)
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+def spawned(rank: int, init_file: str, outs: list[str]) -> None:
+    discriminator_after_steps(rank, len(outs), init_file, outs[rank])
+
+
+def test_meal_discriminator_stays_identical_across_ranks(tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+
+    outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
+    mp.spawn(spawned, args=(str(tmp_path / "init"), outs), nprocs=2)
+    discriminator_after_steps(0, 1, "", str(tmp_path / "single.pt"))
+    a, b, alone = (torch.load(p, weights_only=True) for p in (*outs, tmp_path / "single.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # gradients averaged across ranks: every rank holds the same one
+    assert not all(torch.equal(a[k], alone[k]) for k in a)  # and it learned from both ranks' logits

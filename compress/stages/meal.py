@@ -104,7 +104,7 @@ class MealStage(Stage):
                                  batch_size=ctx.data_config.eval_batch_size)
         torch.manual_seed(ctx.seed)  # the student's run is the same whether teachers were trained just now or reused
         disc = cfg.discriminator
-        adversary = Adversary(Discriminator(spec["num_classes"], disc.hidden), disc.lr) if disc.enabled else None
+        adversary = Adversary(Discriminator(spec["num_classes"], disc.hidden), disc.lr, ctx.dist) if disc.enabled else None
         loss_fn = distillation_loss(targets, cfg.temperature, cfg.hard_label_weight, adversary=adversary,
                                     adversary_weight=disc.weight, label_smoothing=cfg.label_smoothing)
         history = Trainer(model, cfg, ctx, loss_fn=loss_fn, callbacks=[adversary] if adversary else []).fit()
