@@ -42,7 +42,7 @@ from compress.targets import fingerprint, resolve
 from compress.targets.cost import peak_terms_ms
 from compress.training import TrainConfig
 
-PRECISION = {"onnx": "fp32", "onnx-int8": "int8"}
+FORMATS = ["onnx", "onnx-int8"]  # fp32 and INT8 ONNX for every model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +96,7 @@ def pipeline_file(args, path: Path) -> dict:
             {"type": "meal", "name": "meal", "teachers": teachers, "hard_label_weight": 0.5, "discriminator": {"enabled": False},
              "epochs": args.meal_epochs, "lr": 0.02},
         ],
-        "export": {"formats": list(PRECISION), "latency_runs": 5},
+        "export": {"formats": FORMATS, "latency_runs": 5},
         "target": args.target,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def exported(model, spec, data, target, folder: Path) -> tuple[dict[str, str], f
         record = json.loads(done.read_text())
         return record["paths"], record["seconds"]
     start = time.perf_counter()
-    artifacts, _ = export_and_validate(model, spec, data, ExportConfig(formats=list(PRECISION), latency_runs=5), target, folder)
+    artifacts, _ = export_and_validate(model, spec, data, ExportConfig(formats=FORMATS, latency_runs=5), target, folder)
     record = {"paths": {a.precision: a.path for a in artifacts if a.status != "failed"}, "seconds": time.perf_counter() - start}
     atomic_write(done, to_json(record))
     return record["paths"], record["seconds"]

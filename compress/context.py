@@ -30,11 +30,6 @@ class RunContext:
     dist: Distributed = SINGLE  # torchrun rank and world size; only rank 0 writes files
     earlier: dict[str, Path] = field(default_factory=dict)  # this run's finished stages: label -> output folder
 
-    @property
-    def is_main(self) -> bool:
-        """True in a single process and on rank 0: the process that may write files."""
-        return self.dist.is_main
-
     def log(self, message: str) -> None:
         """A progress line on stderr, unless quiet."""
         say(message, self.quiet)

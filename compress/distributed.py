@@ -42,11 +42,6 @@ def init_from_env(device: str) -> Distributed:
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def barrier(group: Distributed) -> None:
-    if group.enabled:
-        dist.barrier()
-
-
 def on_main(group: Distributed, action: Callable[[], None]) -> None:
     """Run `action` on rank 0 only, then tell every rank whether it worked, so no rank waits forever for a failed one."""
     error = None

@@ -112,8 +112,7 @@ class Trainer:
             batch = Batch(*(t.to(self.device) for t in batch))
             logits = self.forward(batch.x)
             loss = self.loss_fn(logits, batch)
-            finite = torch.isfinite(loss).item() if not self.dist.enabled else all_reduce([float(torch.isfinite(loss))], self.dist, "min")[0]
-            if not finite:
+            if not all_reduce([float(torch.isfinite(loss))], self.dist, "min")[0]:  # every rank stops together
                 raise TrainingError(
                     f"stage '{self.name}': the loss became {loss.item()} at epoch {epoch + 1}, step {self.global_step + 1} "
                     f"(learning rate {self.optimizer.param_groups[0]['lr']:.3g}). The stage stopped and finished stages are kept; "
