@@ -3,7 +3,8 @@
 Activations are symmetric (zero point 0, signed int8) for TensorRT targets, as TensorRT's explicit quantization
 requires; other runtimes get NNCF's mixed preset (asymmetric activations). When the target sets a maximum accuracy
 drop, NNCF's accuracy-controlled quantization keeps the most sensitive layers in fp32 to stay within it. Convolutions
-narrower than the target's `int8_min_out_channels` stay fp32: on CPUs their int8 kernels are slower than fp32 ones.
+with fewer output channels than the target's `int8_min_out_channels`, or fewer input channels than its
+`int8_min_in_channels` (an image stem), stay fp32: on CPUs their int8 kernels are slower than fp32 ones.
 """
 from __future__ import annotations
 
@@ -47,11 +48,17 @@ def signed_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def narrow_convolutions(model: onnx.ModelProto, min_out_channels: int) -> list[str]:
-    """Names of the Conv nodes whose weight has fewer than `min_out_channels` output channels."""
+def narrow_convolutions(model: onnx.ModelProto, min_out_channels: int, min_in_channels: int) -> list[str]:
+    """Names of the Conv nodes whose weight has fewer than `min_out_channels` output channels, or, not grouped, fewer
+    than `min_in_channels` input channels."""
     shapes = {i.name: i.dims for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "Conv" and n.input[1] in shapes and shapes[n.input[1]][0] < min_out_channels]
+
+    def narrow(node: onnx.NodeProto) -> bool:
+        out_channels, in_per_group = shapes[node.input[1]][:2]
+        grouped = any(a.name == "group" and a.i > 1 for a in node.attribute)
+        return out_channels < min_out_channels or (not grouped and in_per_group < min_in_channels)
+
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in shapes and narrow(n)]
 
 
 def accuracy_fn(model: onnx.ModelProto, batches) -> tuple[float, list[float]]:
@@ -82,11 +89,13 @@ class OnnxInt8Exporter(Exporter):
         preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
         calib = nncf.Dataset([x[None].numpy() for x in calibration.x], lambda x: {"input": x})
         settings = dict(preset=preset, subset_size=len(calibration))
-        narrow = narrow_convolutions(model, request.target.int8_min_out_channels)
+        target = request.target
+        narrow = narrow_convolutions(model, target.int8_min_out_channels, target.int8_min_in_channels)
         if narrow:
             settings["ignored_scope"] = nncf.IgnoredScope(names=narrow)
-            self.notes.append(f"kept {len(narrow)} convolution(s) with fewer than {request.target.int8_min_out_channels} "
-                              f"output channels in fp32 (the target's int8_min_out_channels): {', '.join(narrow)}")
+            self.notes.append(f"kept {len(narrow)} convolution(s) with fewer than {target.int8_min_out_channels} output or "
+                              f"{target.int8_min_in_channels} input channels in fp32 (the target's int8_min_out_channels, "
+                              f"int8_min_in_channels): {', '.join(narrow)}")
         max_drop = request.target.budgets.max_accuracy_drop
         with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
             if max_drop is not None and request.config.accuracy_control:

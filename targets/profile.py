@@ -45,6 +45,8 @@ class TargetProfile(Strict):
     channel_alignment: PositiveInt = Field(1, description="channel counts should be a multiple of this")
     int8_min_out_channels: NonNegativeInt = Field(0, description="INT8 ONNX: convolutions with fewer output channels stay "
                                                                   "fp32 (narrow int8 CPU kernels can be slower than fp32)")
+    int8_min_in_channels: NonNegativeInt = Field(0, description="INT8 ONNX: ungrouped convolutions with fewer input channels "
+                                                                 "(an image stem) stay fp32")
     max_opset: PositiveInt = Field(description="highest ONNX opset the runtime parses")
     tensorrt_version: Optional[str] = None
     jetpack: Optional[str] = None

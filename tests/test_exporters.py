@@ -2,6 +2,7 @@
 import json
 import shlex
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -11,6 +12,7 @@ from compress.config import ExportConfig
 from compress.errors import ExportError
 from compress.export import EXPORTERS
 from compress.export.preflight import check_graph
+from compress.export.quantize import narrow_convolutions
 from compress.export.runner import default_formats, export_and_validate
 from compress.models import build_model, make_spec
 from compress.targets import resolve
@@ -99,8 +101,21 @@ def test_int8_keeps_convolutions_narrower_than_the_target_minimum_in_fp32(traine
     artifacts, _ = export_and_validate(model, spec, tiny_data, config, resolve(target), tmp_path)
     convs = conv_weights(artifacts[1].path)
     assert sorted(convs.values()) == sorted([(8, fp32_convs == 0), (16, True)])  # cnn_s [8, 16]
-    kept = [n for n in artifacts[1].notes if "output channels in fp32" in n]
-    assert len(kept) == fp32_convs and all("kept 1 convolution(s) with fewer than 16 output channels" in n for n in kept)
+    kept = [n for n in artifacts[1].notes if "input channels in fp32" in n]
+    assert len(kept) == fp32_convs and all("kept 1 convolution(s) with fewer than 16 output or 4 input channels" in n for n in kept)
+
+
+def test_narrow_convolutions_by_output_and_ungrouped_input_channels():
+    def conv(name: str, shape: tuple[int, ...], group: int = 1) -> tuple:
+        weight = helper.make_tensor(f"{name}.w", onnx.TensorProto.FLOAT, shape, [0.0] * int(np.prod(shape)))
+        return helper.make_node("Conv", ["x", weight.name], [name], name=name, group=group), weight
+
+    nodes, weights = zip(conv("stem", (16, 1, 3, 3)), conv("thin", (8, 16, 3, 3)), conv("wide", (32, 16, 3, 3)),
+                         conv("depthwise", (16, 1, 3, 3), group=16))
+    graph = helper.make_graph(list(nodes), "g", [], [], initializer=list(weights))
+    model = helper.make_model(graph)
+    assert narrow_convolutions(model, 16, 4) == ["stem", "thin"]
+    assert narrow_convolutions(model, 16, 0) == ["thin"] and narrow_convolutions(model, 0, 0) == []
 
 
 def test_too_small_calibration_set_is_recorded(trained, tiny_data, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from compress.block_dropping import choose_blocks, droppable_blocks
 from compress.channel_pruning import check_rebuilds, trial
 from compress.checkpoint import load_model_dir, save_model_dir
 from compress.cli import main
@@ -268,6 +269,54 @@ def test_resize_round_trip_and_errors():
         build_model({**CNN, "resize": {"1": {"kernel_size": 3}}})
 
 
+
+# --- block dropping (depth) -----------------------------------------------------------------------------------------
+
+def test_droppable_blocks_are_the_shape_preserving_modules_with_layers():
+    model = build_model(RESNET16)  # blocks.0 keeps 16 channels at 28x28; blocks.1 halves the resolution
+    assert droppable_blocks(model, (1, 28, 28)) == ["blocks.0", "blocks.0.conv1", "blocks.0.conv1.0", "blocks.0.conv2", "blocks.1.conv2"]
+    assert choose_blocks(["a", "a.b", "c"], 2, {"a": 3, "a.b": 2, "c": 1}.get) == ["a", "c"]  # never nested
+    with pytest.raises(ConfigError, match="3 blocks requested, but only 2 can be dropped"):
+        choose_blocks(["a", "a.b", "c"], 3, {"a": 3, "a.b": 2, "c": 1}.get)
+    with pytest.raises(ConfigError, match="'blocks.1' cannot be dropped.*droppable ones are: a, c"):
+        choose_blocks(["a", "c"], ["blocks.1"], len)
+    with pytest.raises(ConfigError, match="'a' and 'a.b' are nested"):
+        choose_blocks(["a", "a.b"], ["a", "a.b"], len)
+
+
+def test_a_dropped_block_fades_on_the_schedule_and_is_gone_from_model_and_spec(ctx, tmp_path):
+    gates = []
+
+    class Watch(Callback):
+        def on_before_optimizer_step(self, trainer):  # the gate this step's forward pass used
+            gates.append(next(c for c in trainer.callbacks if type(c).__name__ == "BlockDropping").gate)
+
+    config = PruneConfig(type="prune", method="channel", target_macs=0.3, round_to=1, drop_blocks=1,
+                         schedule={"frequency": 2, "end": 0.75})
+    stage = PruneStage(config)
+    torch.manual_seed(0)
+    model = build_model(RESNET16)
+    full_macs = count_macs(model, (1, 28, 28))
+    trainer_init = Trainer.__init__
+
+    def with_watch(self, *args, **kwargs):
+        trainer_init(self, *args, **kwargs)
+        self.callbacks.append(Watch())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "__init__", with_watch)
+        result = stage.run(model, RESNET16, ctx)
+    assert result.metrics["dropped_blocks"] == ["blocks.0"] and isinstance(model.blocks[0], nn.Identity)
+    assert gates == pytest.approx([(1 - t / 6) ** 3 for t in range(7)] + [0.0])  # cubic, reaching 0 at step 6 of 8
+    assert result.spec["dropped"] == ["blocks.0"] and result.metrics["layer_sparsity"]["blocks.0.conv2"] == 1.0
+    assert 0.25 <= count_macs(model, (1, 28, 28)) / full_macs <= 0.3 == result.metrics["goal"]["value"]  # dropping alone: 0.42
+    assert model.stem[0].out_channels < 16
+    save_model_dir(tmp_path / "ckpt", model, result.spec, {})
+    rebuilt, _, _ = load_model_dir(tmp_path / "ckpt")
+    x = ctx.data.val.x[:8]
+    assert isinstance(rebuilt.blocks[0], nn.Identity) and torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-6)
+
+
 # --- bad input ------------------------------------------------------------------------------------------------------
 
 BAD_CONFIG = [
@@ -287,6 +336,8 @@ BAD_CONFIG = [
     ({"method": "nm", "final_sparsity": 0.75}, ["final_sparsity: pattern 2:4 means sparsity 0.5; leave final_sparsity out"]),
     ({"method": "nm", "pattern": "4:2"}, ["stages[0].pattern: must be 'N:M' with 0 < N < M"]),
     ({"importance": "l1"}, ["importance applies to method channel only"]),
+    ({"drop_blocks": 1}, ["drop_blocks applies to method channel only"]),
+    ({"method": "channel", "drop_blocks": 0}, ["stages[0].drop_blocks", "greater than 0"]),
     ({"exclude": "fc"}, ["stages[0].exclude", "valid list"]),
     ({"spasity": 0.5}, ["stages[0].spasity: unknown key"]),
 ]
@@ -309,6 +360,9 @@ BAD_FOR_MODEL = [
     (CNN, {"method": "nm", "include": ["0.0"], "exclude": []}, ["no layer in scope can hold the 2:4 pattern"]),
     (CNN, {"method": "channel", "target_macs": 0.01}, ["target_macs 0.01 cannot be reached", "alignment to 8 channels"]),
     (CNN, {"method": "channel", "target_latency_ms": 1e-6}, ["target_latency_ms 1e-06 cannot be reached"]),
+    (RESNET, {"method": "channel", "drop_blocks": ["blocks.1"]},
+     ["drop_blocks: 'blocks.1' cannot be dropped", "the droppable ones are: blocks.0, blocks.0.conv1, blocks.0.conv1.0"]),
+    (CNN, {"method": "channel", "drop_blocks": 1}, ["drop_blocks: 1 blocks requested, but only 0 can be dropped (droppable: none)"]),
     (make_spec("python:test_prune:hard_coded", 1, 10), {"method": "channel"},
      ["the model fails after channel pruning: module 'head' (Head) fails with RuntimeError", "Exclude the layers that feed it"]),
     (make_spec("python:test_prune:untracked", 1, 10), {"method": "channel"},
@@ -331,6 +385,9 @@ def test_errors_that_need_the_model_come_before_training(ctx, spec, keys, words)
 
 @pytest.mark.parametrize("prune, check", [
     ({"method": "channel", "target_macs": 0.5}, lambda report, m: m["macs_ratio"] <= 0.5 and report["model"]["resize"]),
+    ({"method": "channel", "target_macs": 0.3, "drop_blocks": ["blocks.0"]},
+     lambda report, m: m["macs_ratio"] <= 0.3 and report["model"]["dropped"] == m["dropped_blocks"] == ["blocks.0"]
+     and report["artifacts"][0]["status"] == "ok"),
     ({"method": "nm"}, lambda report, m: m["sparsity_pattern"] == report["model"]["sparsity_pattern"] == "2:4"),
 ])
 def test_train_then_prune_through_the_cli(write_pipeline, tmp_path, prune, check):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ModelError, WeightsError
 from ..registry import Registry
-from .resize import apply_resize
+from .resize import apply_resize, remove_modules
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
 ADAPTERS: Registry[Callable[..., nn.Module]] = Registry("model source")  # prefix before ':' in an arch reference
@@ -26,7 +26,8 @@ def make_spec(arch: str, in_channels: int, num_classes: int, kwargs: dict[str, A
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build an untrained model from a spec: a registered name, or 'torchvision:', 'timm:', 'python:' references;
-    spec["resize"] (written by structural pruning) then gives the named modules their pruned shapes."""
+    spec["resize"] (written by structural pruning) then gives the named modules their pruned shapes, and
+    spec["dropped"] (written by block dropping) replaces the named modules with the identity."""
     arch, kwargs = spec["arch"], dict(spec.get("kwargs", {}))
     source, _, ref = arch.partition(":")
     args = dict(in_channels=spec["in_channels"], num_classes=spec["num_classes"], **kwargs)
@@ -37,7 +38,9 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         raise ModelError(f"model {arch!r}: bad arguments {kwargs}: {e}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {arch!r}: the builder returned {type(model).__name__}, not a torch.nn.Module")
-    return apply_resize(model, spec["resize"]) if spec.get("resize") else model
+    if spec.get("resize"):
+        apply_resize(model, spec["resize"])
+    return remove_modules(model, spec.get("dropped", []))
 
 
 @ADAPTERS.register("python")

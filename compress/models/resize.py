@@ -61,3 +61,16 @@ def apply_resize(model: nn.Module, resize: dict[str, dict[str, Any]]) -> nn.Modu
                 setattr(m, key, nn.Parameter(t.new_empty(shape), t.requires_grad) if isinstance(t, nn.Parameter) else t.new_empty(shape))
         m.reset_parameters()
     return model
+
+
+def remove_modules(model: nn.Module, names: list[str]) -> nn.Module:
+    """Replace the named submodules with the identity (blocks removed by depth pruning)."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        try:
+            owner = model.get_submodule(parent)
+            owner.get_submodule(child)
+        except AttributeError:
+            raise ModelError(f"spec dropped: the model has no module {name!r}") from None
+        setattr(owner, child, nn.Identity())
+    return model

@@ -1,25 +1,27 @@
 """`type: prune` — gradual pruning (Zhu & Gupta) during fine-tuning: unstructured magnitude, N:M (2:4) or whole channels."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal, Optional, Union
 
 import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import nn
 
+from ..block_dropping import BlockDropping, choose_blocks, droppable_blocks, nested
 from ..channel_pruning import MAX_RATIO, ChannelPruning, check_rebuilds, make_pruner, ratio_for, trial
 from ..config import Strict
 from ..context import RunContext
 from ..errors import ConfigError
 from ..metrics import count_macs, layer_costs
-from ..models.resize import resize_changes, shape_attrs
-from ..pruning import MaskPruning, layer_sparsity, layers_in_order, nm_eligible, nm_violations, schedule, select
+from ..models.resize import remove_modules, resize_changes, shape_attrs
+from ..pruning import MaskPruning, layer_sparsity, layers_in_order, nm_eligible, nm_violations, schedule, select, sparsity_at
 from ..targets.cost import estimate_latency_ms
 from ..training import TrainConfig, Trainer
 from .base import Stage, StageConfig, StageResult, register_stage
 
 METHOD_KEYS = {"target_macs": "channel", "target_latency_ms": "channel", "importance": "channel", "round_to": "channel",
-               "global_ranking": "magnitude", "pattern": "nm"}  # keys that apply to one method only
+               "drop_blocks": "channel", "global_ranking": "magnitude", "pattern": "nm"}  # keys that apply to one method only
 
 
 class ScheduleConfig(Strict):
@@ -79,6 +81,10 @@ class PruneConfig(StageConfig, TrainConfig):
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field("l2", description="channel: how channels are ranked")
     round_to: Optional[PositiveInt] = Field(None, description="channel: channel counts become multiples of this; default: "
                                                               "the target's channel_alignment")
+    drop_blocks: Optional[Union[PositiveInt, list[str]]] = Field(
+        None, description="channel: also remove whole blocks (depth) on the same schedule: module names, or a count to take "
+                          "the costliest on the target (by MACs without one); a block must return its input's shape, as a "
+                          "residual block does. MACs and latency goals count the model without them")
     lr: float = Field(0.05, gt=0, description="peak learning rate of the fine-tuning")
 
     @field_validator("final_sparsity")
@@ -186,13 +192,17 @@ class PruneStage(Stage):
         ignored = [n for n in names if n not in scope]
         round_to = cfg.round_to or (ctx.target.channel_alignment if ctx.target else 1)
         before, base_macs = shape_attrs(model), count_macs(model, shape)
+        dropped = self.blocks_to_drop(model, ctx) if cfg.drop_blocks else []
+        # the channel ratio is searched on the model without the dropped blocks: the shapes it ends with
+        shallow = remove_modules(copy.deepcopy(model), dropped)
+        kept_ignored = [n for n in ignored if not any(nested(n, d) for d in dropped)]
         goal = self.goal(ctx, base_macs)
         if goal is None:
             ratio = cfg.sparsity
-            pruned = trial(model, example, ignored, ratio, round_to)
+            pruned = trial(shallow, example, kept_ignored, ratio, round_to)
         else:
             key, measure, value = goal
-            ratio, pruned = ratio_for(model, example, ignored, round_to, measure, value)
+            ratio, pruned = ratio_for(shallow, example, kept_ignored, round_to, measure, value)
             if measure(pruned) > value:
                 raise ConfigError(f"{key} {value:g} cannot be reached: removing {MAX_RATIO:.0%} of each layer's channels still "
                                   f"gives {measure(pruned):.4g}; the excluded layers and alignment to {round_to} channels set the floor")
@@ -200,12 +210,19 @@ class PruneStage(Stage):
                 raise ConfigError(f"schedule.initial_sparsity {cfg.schedule.initial_sparsity} is above the channel ratio "
                                   f"{ratio:.3f} that {key} {value:g} needs")
         changes = resize_changes(before, shape_attrs(pruned))
-        if ratio > 0 and not changes:
+        if ratio > 0 and not changes and not dropped:
             raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
                               f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
         resized = {k: v for k, v in spec.items() if k not in ("sparsity_pattern", "sparse_layers")}
         resized["resize"] = {**spec.get("resize", {}), **changes}
+        if dropped:
+            resized["dropped"] = [*spec.get("dropped", []), *dropped]
         check_rebuilds(pruned, resized)
+        if dropped:
+            s = cfg.schedule
+            dropping = BlockDropping(model, dropped, lambda step: 1.0 - sparsity_at(step, s.kind, 0.0, 1.0, *steps))
+            dropping.attach()
+            trainer.callbacks.append(dropping)
         events, applied = self.events(ratio, steps), []
         if events:
             callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], cfg.importance, round_to), events)
@@ -215,11 +232,26 @@ class PruneStage(Stage):
         after = shape_attrs(model)
         resized["resize"] = {**spec.get("resize", {}), **resize_changes(before, after)}
         metrics = {"method": "channel", "scope": scope, "schedule": applied, "channel_ratio": ratio, "round_to": round_to,
-                   "macs_ratio": count_macs(model, shape) / base_macs,
-                   "layer_sparsity": {n: 1 - width(after[n]) / width(before[n]) for n in names}, "history": history}
+                   "dropped_blocks": dropped, "macs_ratio": count_macs(model, shape) / base_macs,
+                   "layer_sparsity": {n: 1 - width(after[n]) / width(before[n]) if n in after else 1.0 for n in names},
+                   "history": history}
         if goal is not None:
             metrics["goal"] = {"key": goal[0], "value": goal[2], "reached": goal[1](model)}
         return StageResult(model=model, spec=resized, metrics=metrics)
+
+    def blocks_to_drop(self, model: nn.Module, ctx: RunContext) -> list[str]:
+        """The blocks `drop_blocks` names, or that many of the droppable ones with the highest estimated latency on the
+        target (most MACs without a target)."""
+        shape, target = ctx.data.input_shape, ctx.target
+        costs = layer_costs(model, shape)
+
+        def cost(block: str) -> float:
+            inside = [c for c in costs if nested(c.name, block)]
+            if target is None:
+                return sum(c.macs for c in inside)
+            return estimate_latency_ms(inside, target.preferred_precisions[0], target)
+
+        return choose_blocks(droppable_blocks(model, shape), self.config.drop_blocks, cost)
 
     def goal(self, ctx: RunContext, base_macs: int):
         """(key, measure(model), value) for a MACs or latency target; None for a plain channel ratio."""
