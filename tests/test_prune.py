@@ -284,6 +284,18 @@ def test_droppable_blocks_are_the_shape_preserving_modules_with_layers():
         choose_blocks(["a", "a.b"], ["a", "a.b"], len)
 
 
+@pytest.mark.parametrize("arch", ["resnet_s", "mobilenet_s"])
+def test_every_built_in_residual_model_can_drop_blocks(ctx, arch):
+    spec = make_spec(arch, 1, 10)
+    model, result = prune(ctx, spec, method="channel", final_sparsity=0.25, drop_blocks=2, schedule={"kind": "one_shot"}, epochs=1)
+    dropped = result.metrics["dropped_blocks"]
+    assert len(dropped) == 2 and all(isinstance(model.get_submodule(name), nn.Identity) for name in dropped)
+    rebuilt = build_model(result.spec)
+    rebuilt.load_state_dict(model.state_dict())
+    x = ctx.data.val.x[:4]
+    assert torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-5)
+
+
 def test_a_dropped_block_fades_on_the_schedule_and_is_gone_from_model_and_spec(ctx, tmp_path):
     gates = []
 
