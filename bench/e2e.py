@@ -2,11 +2,12 @@
 
 Ours is a real pipeline file (written to the work folder and quoted in docs/benchmarks.md): train the reference, prune
 it gradually to 1/8 of its MACs (channels, and the residual block costliest on the target), distil with MEAL from the
-unpruned model plus trained teachers, export INT8 with NNCF. The peers start from the same trained reference (the small dense model from scratch) with the same epochs: NNCF
-INT8 alone; torch-pruning one-shot to the same MACs, fine-tuned for our prune + MEAL epochs; a dense resnet_s of the
-same MACs trained for all our epochs; each pruned or small peer also with INT8. Every ONNX file is scored on the test
-split by ONNX Runtime and timed in alternating rounds. Writes the `e2e` section of docs/benchmarks.md and the Pareto
-plot docs/e2e-pareto.svg. Finished work is cached in the work folder: a rerun resumes (delete it after code changes).
+unpruned model plus trained teachers, export INT8 with NNCF. The peers start from the same trained reference (the
+small dense model from scratch) with the same epochs: NNCF INT8 alone; torch-pruning one-shot to the same MACs,
+fine-tuned for our prune + MEAL epochs; a dense resnet_s of the same MACs trained for all our epochs; each pruned or
+small peer also with INT8. Every ONNX file is scored on the test split by ONNX Runtime and timed in alternating
+rounds. Writes the `e2e` section of docs/benchmarks.md and the Pareto plot docs/e2e-pareto.svg. Finished work is
+cached in the work folder: a rerun resumes (delete it after code changes).
 
     python bench/e2e.py --data-root ../shared/data/fashion-mnist      # full scale: about 30 minutes on 2 cores
     python bench/e2e.py --dataset bundled --epochs 1 --prune-epochs 1 --meal-epochs 1 --teacher-epochs 1 --runs 5 \\

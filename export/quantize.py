@@ -85,18 +85,18 @@ class OnnxInt8Exporter(Exporter):
                               f"{len(calibration)}: raise data.calibration_size (or data.limit)")
         nncf.set_log_level(logging.ERROR)
         model = onnx.load(str(fp32_onnx(request)))
-        symmetric = request.target.runtime == "tensorrt"
+        target = request.target
+        symmetric = target.runtime == "tensorrt"
         preset = nncf.QuantizationPreset.PERFORMANCE if symmetric else nncf.QuantizationPreset.MIXED
         calib = nncf.Dataset([x[None].numpy() for x in calibration.x], lambda x: {"input": x})
         settings = dict(preset=preset, subset_size=len(calibration))
-        target = request.target
         narrow = narrow_convolutions(model, target.int8_min_out_channels, target.int8_min_in_channels)
         if narrow:
             settings["ignored_scope"] = nncf.IgnoredScope(names=narrow)
             self.notes.append(f"kept {len(narrow)} convolution(s) with fewer than {target.int8_min_out_channels} output or "
                               f"{target.int8_min_in_channels} input channels in fp32 (the target's int8_min_out_channels, "
                               f"int8_min_in_channels): {', '.join(narrow)}")
-        max_drop = request.target.budgets.max_accuracy_drop
+        max_drop = target.budgets.max_accuracy_drop
         with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
             if max_drop is not None and request.config.accuracy_control:
                 val = request.data.val.head(request.config.validation_limit)
