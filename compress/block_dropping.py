@@ -59,20 +59,17 @@ def nested(a: str, b: str) -> bool:
 
 
 class BlockDropping(Callback):
-    """Blends each block with the identity by the gate `kept(step)` (1 -> 0) during training, then removes the blocks."""
+    """Blends each block with the identity by the gate `kept(step)` (1 -> 0) during training, then removes the blocks.
+    The blend is in place from construction: create it before the channel pruner traces the model."""
 
     def __init__(self, model: nn.Module, names: list[str], kept: Callable[[int], float]):
         self.model, self.names, self.kept = model, names, kept
         self.gate = 1.0
-        self.hooks = []
+        self.hooks = [model.get_submodule(name).register_forward_hook(self.blend) for name in names]
 
     def blend(self, module: nn.Module, inputs, output) -> torch.Tensor:
         # blended even at g = 1, so that the channel pruner's trace ties the block's input channels to its output's
         return self.gate * output + (1.0 - self.gate) * inputs[0]
-
-    def attach(self) -> None:
-        """Put the blend on the blocks (before the channel pruner traces the model, so it sees the same graph)."""
-        self.hooks = [self.model.get_submodule(name).register_forward_hook(self.blend) for name in self.names]
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.gate = self.kept(trainer.global_step)

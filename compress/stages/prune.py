@@ -218,11 +218,9 @@ class PruneStage(Stage):
         if dropped:
             resized["dropped"] = [*spec.get("dropped", []), *dropped]
         check_rebuilds(pruned, resized)
-        if dropped:
-            s = cfg.schedule
-            dropping = BlockDropping(model, dropped, lambda step: 1.0 - sparsity_at(step, s.kind, 0.0, 1.0, *steps))
-            dropping.attach()
-            trainer.callbacks.append(dropping)
+        if dropped:  # the blocks fade out on the channels' schedule, from 1 (kept) to 0 (gone)
+            kind = cfg.schedule.kind
+            trainer.callbacks.append(BlockDropping(model, dropped, lambda step: 1.0 - sparsity_at(step, kind, 0.0, 1.0, *steps)))
         events, applied = self.events(ratio, steps), []
         if events:
             callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], cfg.importance, round_to), events)
