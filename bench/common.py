@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from compress.checkpoint import atomic_write, load_model_dir, read_spec, save_model_dir
+from compress.atomic import atomic_write
+from compress.checkpoint import load_model_dir, read_spec, save_model_dir
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import DataBundle

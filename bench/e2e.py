@@ -29,7 +29,8 @@ import yaml
 
 from common import (REFERENCE, bench_parser, cached_model, command_line, latencies, machine_line, scaled_reference,
                     train_from_scratch, write_section)
-from compress.checkpoint import atomic_write, load_model_dir, to_json
+from compress.atomic import atomic_write, to_json
+from compress.checkpoint import load_model_dir
 from compress.config import DataConfig, ExportConfig, sha256_json
 from compress.context import RunContext
 from compress.data import load_data

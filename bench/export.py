@@ -17,7 +17,7 @@ from compress.export.validate import ort_session, run_session
 from compress.models import build_model, make_spec
 from compress.metrics import layer_costs
 from compress.targets import resolve
-from compress.targets.bench import calibrate
+from compress.targets.profiling import calibrate
 from compress.targets.cost import estimate_latency_ms
 from compress.training import TrainConfig
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common import bench_parser, command_line, machine_line, write_section
-from compress.checkpoint import atomic_write, to_json
+from compress.atomic import atomic_write, to_json
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import load_data

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common import REFERENCE, bench_parser, command_line, latencies, machine_line, scaled_reference, trained_model, write_section
-from compress.checkpoint import atomic_write, to_json
+from compress.atomic import atomic_write, to_json
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import load_data

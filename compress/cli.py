@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from typing import Callable, Optional
 
 from . import __version__
@@ -92,15 +95,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .targets import resolve
-    from .targets.bench import calibrate, onnx_layer_costs, parse_batches, profile_artifacts, summary_lines, write_calibrated
+    from .targets.profiling import (calibrate, check_failures, onnx_layer_costs, parse_batches, profile_artifacts,
+                                    summary_lines, write_calibrated)
 
     target, folder = resolve(args.target), Path(args.artifacts)
-    if args.runs < 1:
-        raise CompressError(f"--runs: expected a positive number, got {args.runs}")
+    if not 1 <= args.runs <= 100_000:
+        raise CompressError(f"--runs: expected a positive number (at most 100000), got {args.runs}")
     profile = profile_artifacts(folder, target, parse_batches(args.batch), args.runs)
     if not args.quiet:
         print("\n".join(summary_lines(profile)))
         print(f"wrote {folder / 'profile.json'}")
+    check_failures(profile, folder)
     if args.calibrate:
         layers = {r["file"]: onnx_layer_costs(folder / r["file"]) for r in profile["results"] if r["file"].endswith(".onnx")}
         calibrated = calibrate(profile, target, layers)
@@ -117,20 +122,45 @@ COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop): unwinds like Ctrl-C, so temporary files are removed and the run
+    resumes next time."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def stop_on_sigterm():
+    """While the command runs, SIGTERM raises `Terminated` (in the main thread; the old handler comes back after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     make_parser, command = COMMANDS.get(argv[0], (run_parser, cmd_run)) if argv else (run_parser, cmd_run)
     args = make_parser().parse_args(argv[1:] if argv and argv[0] in COMMANDS else argv)
     try:
-        return command(args)
+        with stop_on_sigterm():
+            return command(args)
     except CompressError as e:
         if args.debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished stages are saved; run the same command again to resume after the last one.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        stopped, code = ("terminated (SIGTERM)", 128 + signal.SIGTERM) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"\n{stopped}: finished stages are saved; run the same command again to resume after the last one.",
+              file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

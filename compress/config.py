@@ -1,89 +1,89 @@
-"""Pipeline files: `yaml.safe_load` + strict pydantic models. Every error names the file, the key path and what was expected."""
+"""The base schema of every configuration: strict pydantic models, bounded value types, hashes and error rendering.
+
+Nothing here imports torch or a stage, so a pipeline file is validated in a fraction of a second. The pipeline file's
+own schema, which needs the stage registry, is in `pipeline_file.py`.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError, UnknownNameError
+from .errors import shown
+
+INT_MAX = 2**31 - 1  # every count and seed fits a C int, as torch, NumPy and ONNX Runtime need
+MIN_OPSET = 11  # the lowest opset every exporter here handles (NNCF's INT8 needs 10, dynamic shapes 11)
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # names that become file names or script text (fullmatch)
+
+def safe_name(value: str) -> str:
+    """A name that becomes a file name or script text: letters, digits, '.', '_', '-'; no path, no line break."""
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(f"must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (it becomes "
+                         f"part of file names), got {shown(value)}")
+    return value
+
+
+Count = Annotated[int, Field(gt=0, le=INT_MAX)]
+Natural = Annotated[int, Field(ge=0, le=INT_MAX)]
+Name = Annotated[str, AfterValidator(safe_name)]
+FilePath = Annotated[Path, Field(strict=False)]  # YAML gives a string
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors."""
+    """Base of every config model: unknown keys are errors, and so are values of another type (no `true` for 1, no
+    '3' for 3) and infinite or NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=())
 
 
 class ModelConfig(Strict):
     arch: str = Field(description="registered architecture (see `compress models`), 'torchvision:NAME', 'timm:NAME' or 'python:module:function'")
-    num_classes: Optional[PositiveInt] = Field(None, description="output classes; default: the dataset's")
-    in_channels: Optional[PositiveInt] = Field(None, description="input channels; default: the dataset's")
+    num_classes: Optional[Count] = Field(None, description="output classes; default: the dataset's")
+    in_channels: Optional[Count] = Field(None, description="input channels; default: the dataset's")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the architecture")
-    weights: Optional[Path] = Field(None, description="initial weights: .safetensors, or a tensors-only torch file (.pt/.pth)")
+    weights: Optional[FilePath] = Field(None, description="initial weights: .safetensors, or a tensors-only torch file (.pt/.pth)")
 
 
 class DataConfig(Strict):
     dataset: str = Field("bundled", description="bundled | fashion-mnist | mnist | npz")
-    root: Optional[Path] = Field(None, description="folder holding the dataset files (searched first)")
-    path: Optional[Path] = Field(None, description="npz file with x_train, y_train[, x_test, y_test] (dataset: npz)")
-    batch_size: PositiveInt = 128
-    eval_batch_size: PositiveInt = 512
+    root: Optional[FilePath] = Field(None, description="folder holding the dataset files (searched first)")
+    path: Optional[FilePath] = Field(None, description="npz file with x_train, y_train[, x_test, y_test] (dataset: npz)")
+    batch_size: Count = 128
+    eval_batch_size: Count = 512
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training split held out for validation")
-    limit: Optional[PositiveInt] = Field(None, description="cap on examples per split, for fast runs")
-    calibration_size: PositiveInt = Field(300, description="training examples kept for quantization calibration")
+    limit: Optional[Count] = Field(None, description="cap on examples per split, for fast runs")
+    calibration_size: Count = Field(300, description="training examples kept for quantization calibration")
     augment: bool = Field(False, description="random shifts of up to 2 pixels during training")
 
 
 class ExportConfig(Strict):
-    formats: Optional[list[str]] = Field(None, description="exporters to run; default: what the target prefers")
-    opset: Optional[PositiveInt] = Field(None, description="ONNX opset; default: the target's maximum, at most 17")
+    formats: Optional[list[str]] = Field(None, min_length=1, description="exporters to run; default: what the target prefers")
+    opset: Optional[int] = Field(None, ge=MIN_OPSET, le=INT_MAX, description=f"ONNX opset, at least {MIN_OPSET}; "
+                                                                            f"default: the target's maximum, at most 17")
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     simplify: bool = Field(True, description="fold constants and drop redundant nodes with onnxslim")
     accuracy_control: bool = Field(True, description="INT8: keep sensitive layers in fp32 when the target sets max_accuracy_drop")
-    validation_limit: PositiveInt = Field(2000, description="validation examples INT8 accuracy control evaluates")
-    latency_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32])
-    latency_runs: PositiveInt = 30
+    validation_limit: Count = Field(2000, description="validation examples INT8 accuracy control evaluates")
+    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [1, 32], min_length=1)
+    latency_runs: Annotated[int, Field(ge=1, le=100_000)] = 30
 
 
-class PipelineConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name; the run folder is runs/<name>")
-    seed: int = 0
-    model: ModelConfig
-    data: DataConfig = Field(default_factory=DataConfig)
-    stages: list[dict[str, Any]] = Field(min_length=1, description="ordered list of {type: NAME, ...}")
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    target: Optional[str] = Field(None, description="target profile name or YAML path; --target overrides")
+class TrainConfig(Strict):
+    """Optimisation settings shared by every training stage."""
 
-
-@dataclass
-class Pipeline:
-    """A validated pipeline file: the config plus each stage's class and typed config."""
-
-    path: Path
-    config: PipelineConfig
-    stages: list  # list[tuple[type[Stage], StageConfig]]
-
-    def stage_hash(self, index: int, target_fingerprint: str = "") -> str:
-        """Hash of everything stage `index` depends on: model, data, seed and stages 0..index."""
-        c = self.config
-        uses_target = any(cls.uses_target for cls, _ in self.stages[: index + 1])
-        payload = {
-            "model": c.model.model_dump(mode="json"),
-            "data": c.data.model_dump(mode="json"),
-            "seed": c.seed,
-            "stages": [cfg.model_dump(mode="json") for _, cfg in self.stages[: index + 1]],
-            "target": target_fingerprint if uses_target else None,
-        }
-        return sha256_json(payload)
-
-    def config_hash(self) -> str:
-        """Hash of the whole validated config."""
-        return sha256_json(self.config.model_dump(mode="json"))
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = 1
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, description="applied to weight matrices/kernels, not to biases or norms")
+    schedule: Literal["cosine", "constant", "step"] = Field("cosine", description="per-step learning-rate schedule")
+    warmup_epochs: float = Field(0.0, ge=0, le=100_000)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm")
 
 
 def sha256_json(obj: Any) -> str:
@@ -91,84 +91,20 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    """Read and validate a pipeline file, every stage's config included, before any work starts."""
-    path = Path(path)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys name, model, data, stages, export, target; got {type(raw).__name__}")
-    try:
-        config = PipelineConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(path, e)) from None
-    return Pipeline(path=path, config=config, stages=validate_stages(path, config))
-
-
-def validate_stages(path: Path, config: PipelineConfig) -> list:
-    """Validate each stage entry against its stage class's Config; collect every problem."""
-    from .stages import STAGES
-    from .stages.base import stage_label
-
-    problems, stages = [], []
-    for i, entry in enumerate(config.stages):
-        where = f"stages[{i}]"
-        stage_type = entry.get("type")
-        if stage_type is None:
-            problems.append(f"{where}.type: missing; expected one of {', '.join(STAGES.names())}")
-            continue
-        try:
-            cls = STAGES.get(stage_type)
-        except UnknownNameError as e:
-            problems.append(f"{where}.type: {e}")
-            continue
-        try:
-            stage_config = cls.Config.model_validate(entry)
-        except ValidationError as e:
-            problems.extend(error_lines(e, prefix=where))
-            continue
-        labels = [stage_label(c) for _, c in stages]
-        for key, label in stage_config.earlier_stages().items():
-            if label not in labels:
-                problems.append(f"{where}.{key}: {label!r} is not an earlier stage; expected one of: {', '.join(labels) or '(none)'}")
-        stages.append((cls, stage_config))
-    if problems:
-        raise ConfigError(f"{path}: invalid pipeline:\n  " + "\n  ".join(problems))
-    return stages
-
-
-def read_yaml(path: Path) -> Any:
-    """`yaml.safe_load` a file; a syntax error names the line and shows it."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        if mark is None:
-            raise ConfigError(f"{path}: malformed YAML: {e}") from None
-        lines = text.splitlines()
-        shown = lines[mark.line] if mark.line < len(lines) else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML: {problem}\n  {mark.line + 1} | {shown}") from None
-
-
-def format_validation_error(path: Path, error: ValidationError, prefix: str = "") -> str:
-    """One line per problem: 'file: key.path: what was expected (got value)'."""
-    return f"{path}: invalid pipeline:\n  " + "\n  ".join(error_lines(error, prefix))
+def problems_message(path: Path, what: str, problems: list[str], limit: int = 20) -> str:
+    """'FILE: invalid WHAT:' and one indented line per problem, the first `limit` of them."""
+    more = [f"... and {len(problems) - limit} more"] if len(problems) > limit else []
+    return f"{path}: invalid {what}:\n  " + "\n  ".join(problems[:limit] + more)
 
 
 def error_lines(error: ValidationError, prefix: str = "") -> list[str]:
-    """Render pydantic errors as 'key.path: message (got value)'."""
+    """Render pydantic errors as 'key.path: message (got value)', the value cut short when it is long."""
     lines = []
     for e in error.errors():
         key = prefix
         for part in e["loc"]:
             key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
         message = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        got = "" if e["type"] in ("missing", "value_error") else f" (got {e['input']!r})"
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {shown(e['input'])})"
         lines.append(f"{key or '<top>'}: {message}{got}")
     return lines

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +24,7 @@ IDX_FILES = {
 }
 DATASETS: Registry = Registry("dataset")  # name -> function(DataConfig) -> dict of numpy arrays
 BUNDLED_FILE = "fashion-mnist-subset.npz"
+MAX_CLASSES = 100_000  # a label past this is a corrupt file, not a class
 
 
 class Batch(NamedTuple):
@@ -148,6 +151,9 @@ def make_splits(cfg: DataConfig, arrays: dict[str, np.ndarray], seed: int) -> Da
     test = None
     if "x_test" in arrays:
         x_test, y_test = labelled(arrays, "test", where)
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DataError(f"{where}: x_test images have shape {tuple(x_test.shape[1:])} (C, H, W), the training images "
+                            f"{tuple(x.shape[1:])}; both splits need the same image shape and channel count")
         if len(y_test) and int(y_test.max()) >= num_classes:
             raise DataError(f"{where}: y_test has label {int(y_test.max())}, but the training labels stop at {num_classes - 1}")
         test = Split(norm(x_test), y_test).head(cfg.limit)
@@ -163,18 +169,24 @@ def labelled(arrays: dict[str, np.ndarray], split: str, where: str) -> tuple[tor
 
 
 def as_images(a: np.ndarray, name: str) -> torch.Tensor:
-    """(N,H,W) or (N,C,H,W) array -> float32 tensor in [0,1] for uint8 input, as-is for float input."""
+    """(N,H,W) or (N,C,H,W) array of real numbers -> float32 tensor, in [0,1] for uint8 input, as-is otherwise."""
+    if a.dtype.kind not in "buif":
+        raise DataError(f"{name}: expected images of real numbers (uint8 or float), got dtype {a.dtype}")
     if a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4:
         raise DataError(f"{name}: expected shape (N, H, W) or (N, C, H, W), got {a.shape}")
+    if 0 in a.shape[1:]:
+        raise DataError(f"{name}: images of shape {a.shape[1:]} (C, H, W) hold no pixels")
     t = torch.from_numpy(np.ascontiguousarray(a))
     return t.float() / 255.0 if a.dtype == np.uint8 else t.float()
 
 
 def as_labels(a: np.ndarray, name: str) -> torch.Tensor:
-    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or (a.size and a.min() < 0):
-        raise DataError(f"{name}: expected a 1-D array of non-negative integer class labels, got {a.dtype} {a.shape}")
+    """A 1-D array of class indices in [0, MAX_CLASSES) -> int64 tensor (checked before conversion, so nothing wraps)."""
+    if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= MAX_CLASSES)):
+        got = f"values {a.min()} to {a.max()}" if a.size and a.dtype.kind in "iu" else f"{a.dtype} {a.shape}"
+        raise DataError(f"{name}: expected a 1-D array of integer class labels from 0 to {MAX_CLASSES - 1:,}, got {got}")
     return torch.from_numpy(a.astype(np.int64))
 
 
@@ -244,13 +256,13 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a gzip stream damaged inside
+        raise DataError(f"{path}: cannot read IDX file ({e}); copy the file again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(data) - header != int(np.prod(shape)):
+    if len(data) - header != math.prod(shape):
         raise DataError(f"{path}: truncated IDX file: header says {shape}, found {len(data) - header} bytes")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()

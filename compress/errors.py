@@ -1,4 +1,12 @@
 """The errors `compress` raises for bad input. The CLI prints any `CompressError` as one paragraph, exit code 2."""
+from typing import Any
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to about `limit` characters: a message never echoes a whole oversized input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
 
 
 class CompressError(Exception):

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import random
-import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -11,8 +11,10 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import atomic_write, load_model_dir, read_metrics, read_spec, remove_leftovers, save_model_dir
-from .config import Pipeline, load_pipeline
+from .atomic import atomic_write
+from .checkpoint import load_model_dir, read_metrics, read_spec, save_model_dir, verify_model_dir
+from .config import problems_message
+from .pipeline_file import Pipeline, load_pipeline
 from .distributed import Distributed, init_from_env, on_main, shutdown
 from .context import RunContext, say
 from .data import load_data
@@ -20,6 +22,7 @@ from .errors import ConfigError, ExportError, RunDirError
 from .metrics import model_metrics
 from .models import build_model, load_weights, make_spec
 from .report import build_report, print_summary, write_report
+from .run_folder import remove_stale_stages, run_folder
 from .stages.base import stage_label
 from .training import evaluate
 
@@ -35,13 +38,10 @@ def stage_folder(run_dir: Path, index: int, stage_type: str) -> Path:
     return run_dir / "stages" / f"{index + 1:02d}-{stage_type}"
 
 
-def prepare_run_dir(run_dir: Path, resolved_config: str) -> None:
-    """Create the run folder, prove it is writable, clear a killed run's temporary files, save the resolved config."""
+def prepare_run_dir(run_dir: Path, hold: ExitStack, resolved_config: str) -> None:
+    """Claim and lock the run folder for this run (held until `hold` closes), then save the resolved config."""
     try:
-        (run_dir / "stages").mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / ".write-test", b"ok")
-        (run_dir / ".write-test").unlink()
-        remove_leftovers(run_dir)
+        hold.enter_context(run_folder(run_dir))
     except OSError as e:
         raise RunDirError(f"run directory {run_dir} is not writable ({e.strerror}); choose another with --run-dir") from None
     atomic_write(run_dir / "pipeline.resolved.yaml", resolved_config.encode())
@@ -50,16 +50,22 @@ def prepare_run_dir(run_dir: Path, resolved_config: str) -> None:
 def check_export_config(pipeline: Pipeline, target) -> None:
     """Export settings that can only be checked against the registries and the target."""
     from .export import EXPORTERS
+    from .export.runner import default_formats
 
     problems = []
     for i, fmt in enumerate(pipeline.config.export.formats or []):
         if fmt not in EXPORTERS:
             problems.append(f"export.formats[{i}]: {EXPORTERS.miss_message(fmt)}")
+    files = [EXPORTERS.get(f) for f in pipeline.config.export.formats or default_formats(target) if f in EXPORTERS]
+    files = [cls for cls in files if not cls.packages]
+    if files and not any(cls.precision in target.precisions for cls in files):
+        problems.append(f"export.formats: no format asked for can be deployed on target {target.name}, which runs "
+                        f"{', '.join(target.precisions)}; ask for one in those precisions (e.g. onnx-int8 for int8)")
     opset = pipeline.config.export.opset
     if opset is not None and opset > target.max_opset:
         problems.append(f"export.opset: {opset} is above target {target.name}'s maximum opset {target.max_opset}")
     if problems:
-        raise ConfigError(f"{pipeline.path}: invalid pipeline:\n  " + "\n  ".join(problems))
+        raise ConfigError(problems_message(pipeline.path, "pipeline", problems))
 
 
 def check_model_fits_data(pipeline: Pipeline, data) -> None:
@@ -99,8 +105,9 @@ def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Option
     torch_device = resolve_device(device)
     group = init_from_env(device)
     try:
-        return execute(pipeline, profile, Path(run_dir) if run_dir else Path("runs") / cfg.name, resume,
-                       quiet or not group.is_main, device_for_rank(torch_device, group), group, started)
+        with ExitStack() as hold:
+            return execute(pipeline, profile, Path(run_dir) if run_dir else Path("runs") / cfg.name, resume,
+                           quiet or not group.is_main, device_for_rank(torch_device, group), group, started, hold)
     finally:
         shutdown(group)
 
@@ -114,13 +121,14 @@ def device_for_rank(device: torch.device, group: Distributed) -> torch.device:
 
 
 def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: bool, torch_device: torch.device,
-            group: Distributed, started: float) -> Optional[dict]:
-    """Stages (resumed or run), export, report; under torchrun every rank trains and only rank 0 writes."""
+            group: Distributed, started: float, hold: ExitStack) -> Optional[dict]:
+    """Stages (resumed or run), export, report; under torchrun every rank trains and only rank 0 writes, holding the
+    run folder's lock until `hold` closes."""
     from .export.runner import export_and_validate
     from .targets import fingerprint
 
     cfg = pipeline.config
-    on_main(group, lambda: prepare_run_dir(run_dir, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
+    on_main(group, lambda: prepare_run_dir(run_dir, hold, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
 
     data = load_data(cfg.data, cfg.seed)
     check_model_fits_data(pipeline, data)
@@ -132,10 +140,10 @@ def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: boo
     done = finished_prefix(folders, hashes) if resume else 0
     records = []
     if done:
-        model, spec, _ = load_model_dir(folders[done - 1], torch_device)
-        for i in range(done):
-            meta = read_spec(folders[i])
+        for i in range(done):  # every reused folder is checked against its checksums, not only the one loaded
+            meta = verify_model_dir(folders[i])
             records.append({**meta["stage"], "status": "resumed", "metrics": read_metrics(folders[i])})
+        model, spec, _ = load_model_dir(folders[done - 1], torch_device)
         say(f"resuming {run_dir}: reusing finished stage(s) 1-{done} ({', '.join(r['label'] for r in records)})", quiet)
     else:
         seed_everything(cfg.seed)  # initial weights follow the config's seed
@@ -194,11 +202,3 @@ def save_stage(folders: list[Path], index: int, model, spec: dict, metrics: dict
     """Checkpoint a finished stage and drop the folders of later stages left by an earlier config."""
     save_model_dir(folders[index], model, spec, metrics, {"stage": stage_info})
     remove_stale_stages(folders[index].parent.parent, keep=folders[: index + 1])
-
-
-def remove_stale_stages(run_dir: Path, keep: list[Path]) -> None:
-    """Delete stage folders left by an earlier config (they followed a stage that has just been redone)."""
-    for folder in (run_dir / "stages").iterdir():
-        if folder.is_dir() and not folder.name.startswith(".") and folder not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import UnknownNameError
+from .errors import UnknownNameError, shown
 
 T = TypeVar("T")
 
@@ -35,21 +35,22 @@ class Registry(Generic[T]):
         """Look up `name`, or raise `UnknownNameError` naming close matches and every known name."""
         try:
             return self._items[name]
-        except KeyError:
+        except KeyError:  # TypeError: an unhashable value where a name belongs
             raise UnknownNameError(self.miss_message(name)) from None
 
     def miss_message(self, name: str) -> str:
         """The text of a lookup miss: 'unknown stage 'prnue'; did you mean 'prune'? known: ...'."""
-        close = difflib.get_close_matches(str(name), self._items, n=1, cutoff=0.6)
+        plain = isinstance(name, str) and len(name) < 100
+        close = difflib.get_close_matches(name, self._items, n=1, cutoff=0.6) if plain else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}{hint} known: {', '.join(sorted(self._items))}"
+        return f"unknown {self.kind} {shown(name)}{hint} known: {', '.join(sorted(self._items))}"
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__
-from .checkpoint import atomic_write, to_json
+from .atomic import atomic_write, to_json
 from .report_html import render_html
 
 SCHEMA_VERSION = 1

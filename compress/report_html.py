@@ -487,10 +487,13 @@ def profile_section(report: dict) -> str:
     body = table(headers, rows, range(3, 9)) if rows else '<p class="empty">No measurements.</p>'
     machine = profile.get("machine") or {}
     skipped = "".join(f"<li>{esc(s)}</li>" for s in profile.get("skipped") or [])
+    failed = "".join(f"<li><code>{esc(f.get('file', '?'))}</code>: <b>{esc(f.get('reason', ''))}</b></li>"
+                     for f in profile.get("failed") or [] if isinstance(f, dict))
     facts = [f"target {profile.get('target', '?')}", machine.get("platform"), machine.get("processor"),
              f"{profile['runs']} runs" if profile.get("runs") else None]
     return (f'<section><h2>Measured on the device</h2><p class="small">{esc(" · ".join(f for f in facts if f))}</p>'
-            f'{body}{f"<h3>Skipped</h3><ul>{skipped}</ul>" if skipped else ""}</section>')
+            f'{body}{f"<h3>Failed</h3><ul>{failed}</ul>" if failed else ""}'
+            f'{f"<h3>Skipped</h3><ul>{skipped}</ul>" if skipped else ""}</section>')
 
 
 def render_html(report: dict) -> str:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
-from pydantic import Field, PositiveInt
 from torch import nn
 from tqdm import tqdm
 
-from .config import Strict
+from .config import TrainConfig
 from .data import Batch, BatchLoader, Split
 from .distributed import all_reduce
 from .errors import TrainingError
@@ -19,20 +18,6 @@ if TYPE_CHECKING:
     from .context import RunContext
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
-
-
-class TrainConfig(Strict):
-    """Optimisation settings shared by every training stage."""
-
-    epochs: PositiveInt = 1
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0, description="peak learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, description="applied to weight matrices/kernels, not to biases or norms")
-    schedule: Literal["cosine", "constant", "step"] = Field("cosine", description="per-step learning-rate schedule")
-    warmup_epochs: float = Field(0.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm")
 
 
 class Callback:

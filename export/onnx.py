@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from compress.checkpoint import staged
+from compress.atomic import staged
 from compress.errors import ExportError
 
 from . import Exporter, ExportRequest, register_exporter

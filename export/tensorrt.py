@@ -6,13 +6,15 @@ Engines are specific to the GPU and TensorRT version they are built with, so a J
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import time
 from pathlib import Path
 
 from compress import __version__
-from compress.checkpoint import sha256_file, staged
+from compress.atomic import sha256_file, staged_dir
+from compress.errors import ExportError
 
 from . import Artifact, Exporter, ExportRequest, register_exporter
 
@@ -40,12 +42,14 @@ def engine_plan(request: ExportRequest) -> list[dict]:
 
 
 def build_script(plan: list[dict], request: ExportRequest) -> str:
-    """build_engine.sh: checks the TensorRT version, then one trtexec call per engine."""
-    t = request.target
+    """build_engine.sh: checks the TensorRT version, then one trtexec call per engine. Every value from the profile
+    or the plan is shell-quoted, and comment text is checked to be one plain line."""
+    t, q = request.target, shlex.quote
+    needs = f"TensorRT {t.tensorrt_version or 'any'}" + (f" (JetPack {t.jetpack})" if t.jetpack else "")
     lines = [
         "#!/usr/bin/env bash",
-        f"# Build TensorRT engines for {t.name} on the device itself (written by compress {__version__}).",
-        f"# Needs TensorRT {t.tensorrt_version or 'any'}" + (f" (JetPack {t.jetpack})" if t.jetpack else "") + "; engines only run where they were built.",
+        comment(f"Build TensorRT engines for {t.name} on the device itself (written by compress {__version__})."),
+        comment(f"Needs {needs}; engines only run where they were built."),
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
@@ -53,13 +57,21 @@ def build_script(plan: list[dict], request: ExportRequest) -> str:
         "sha256sum --quiet -c checksums.sha256",
     ]
     if t.tensorrt_version:
-        lines.append(f'"$TRTEXEC" --help 2>&1 | grep -q "TensorRT.v{t.tensorrt_version.split(".")[0]}" || '
-                     f'echo "warning: this bundle was made for TensorRT {t.tensorrt_version}" >&2')
+        major = t.tensorrt_version.split(".")[0]
+        lines.append(f'"$TRTEXEC" --help 2>&1 | grep -q {q("TensorRT.v" + major)} || '
+                     f'echo {q("warning: this bundle was made for TensorRT " + t.tensorrt_version)} >&2')
     for entry in plan:
-        cmd = ['"$TRTEXEC"', f"--onnx={entry['onnx']}", f"--saveEngine={entry['engine']}", *entry["flags"]]
-        lines.append(" ".join(cmd[:1] + [shlex.quote(c) for c in cmd[1:]]))
-    lines.append(f'echo "engines built; measure them with: compress profile . --target {t.name}"')
+        args = [f"--onnx={entry['onnx']}", f"--saveEngine={entry['engine']}", *entry["flags"]]
+        lines.append(" ".join(['"$TRTEXEC"', *(q(a) for a in args)]))
+    lines.append(f"echo {q('engines built; measure them with: compress profile . --target ' + t.name)}")
     return "\n".join(lines) + "\n"
+
+
+def comment(text: str) -> str:
+    """A shell comment line; text that could end the comment (a line break, a control character) is refused."""
+    if not re.fullmatch(r"[ -~]*", text):
+        raise ExportError(f"refusing to write {text!r} into build_engine.sh: only printable ASCII on one line")
+    return f"# {text}"
 
 
 def tensorrt_available() -> bool:
@@ -107,10 +119,8 @@ class TensorRTExporter(Exporter):
     runtime = "tensorrt"
 
     def export(self, request: ExportRequest) -> Path:
-        folder = request.out_dir / f"tensorrt-{request.target.name}"
-        shutil.rmtree(folder, ignore_errors=True)
-        with staged(folder) as tmp:  # a bundle appears complete or not at all
-            tmp.mkdir()
+        folder = request.out_dir / f"tensorrt-{request.target.name}"  # the profile's name is a safe file name
+        with staged_dir(folder) as tmp:  # a bundle appears complete or not at all, replacing the last one
             self.write_bundle(tmp, request)
         return folder
 

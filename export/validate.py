@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress.checkpoint import sha256_file
+from compress.atomic import sha256_file
 from compress.data import Split
 from compress.errors import ExportError
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from compress.config import error_lines, read_yaml, sha256_json
+from compress.config import error_lines, problems_message, sha256_json
+from compress.safe_yaml import read_yaml
 from compress.errors import ConfigError, TargetError, UnknownNameError
 from compress.registry import Registry
 
@@ -28,7 +29,7 @@ def load_profile(path: Path) -> TargetProfile:
     try:
         return TargetProfile.model_validate(raw)
     except ValidationError as e:
-        raise TargetError(f"{path}: invalid target profile:\n  " + "\n  ".join(error_lines(e))) from None
+        raise TargetError(problems_message(path, "target profile", error_lines(e))) from None
 
 
 @lru_cache(maxsize=1)

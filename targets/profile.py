@@ -1,13 +1,23 @@
 """The schema of a hardware target profile (YAML data; code branches on these fields, never on names)."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+import re
+from typing import Annotated, Literal, Optional
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import AfterValidator, Field, PositiveFloat, model_validator
 
-from compress.config import Strict
+from compress.config import MIN_OPSET, Name, Natural, Strict
+from compress.errors import shown
 
 Precision = Literal["fp32", "fp16", "int8"]
+def version(value: str) -> str:
+    """A software version such as 10, 10.3 or 8.6.1.6 (it is written into build_engine.sh)."""
+    if not re.fullmatch(r"[0-9]{1,4}(\.[0-9]{1,4}){0,3}", value):
+        raise ValueError(f"must be a version such as 10.3 (digits and dots), got {shown(value)}")
+    return value
+
+
+Version = Annotated[str, AfterValidator(version)]
 
 # What each ONNX Runtime execution provider computes natively (TensorRT as a runtime runs all three).
 PROVIDER_PRECISIONS = {
@@ -27,9 +37,9 @@ class Budgets(Strict):
 
 
 class TargetProfile(Strict):
-    name: str
-    description: str
-    aliases: list[str] = Field(default_factory=list)
+    name: Name = Field(description="the profile's name; it becomes part of file names (tensorrt-<name>/)")
+    description: str = Field(max_length=500)
+    aliases: list[Name] = Field(default_factory=list)
     device_class: Literal["cpu", "gpu", "jetson"]
     runtime: Literal["onnxruntime", "tensorrt"] = Field(description="the runtime that executes deployed artifacts")
     execution_providers: list[str] = Field(min_length=1, description="ONNX Runtime execution providers, in order of preference")
@@ -42,14 +52,14 @@ class TargetProfile(Strict):
     layer_overhead_us: float = Field(0.0, ge=0, description="fixed cost per layer (kernel launch, runtime dispatch)")
     memory_bandwidth_gbps: PositiveFloat
     memory_gb: PositiveFloat
-    channel_alignment: PositiveInt = Field(1, description="channel counts should be a multiple of this")
-    int8_min_out_channels: NonNegativeInt = Field(0, description="INT8 ONNX: convolutions with fewer output channels stay "
-                                                                  "fp32 (narrow int8 CPU kernels can be slower than fp32)")
-    int8_min_in_channels: NonNegativeInt = Field(0, description="INT8 ONNX: ungrouped convolutions with fewer input channels "
-                                                                 "(an image stem) stay fp32")
-    max_opset: PositiveInt = Field(description="highest ONNX opset the runtime parses")
-    tensorrt_version: Optional[str] = None
-    jetpack: Optional[str] = None
+    channel_alignment: int = Field(1, ge=1, le=1024, description="channel counts should be a multiple of this")
+    int8_min_out_channels: Natural = Field(0, description="INT8 ONNX: convolutions with fewer output channels stay "
+                                                          "fp32 (narrow int8 CPU kernels can be slower than fp32)")
+    int8_min_in_channels: Natural = Field(0, description="INT8 ONNX: ungrouped convolutions with fewer input channels "
+                                                         "(an image stem) stay fp32")
+    max_opset: int = Field(ge=MIN_OPSET, le=100, description="highest ONNX opset the runtime parses")
+    tensorrt_version: Optional[Version] = Field(None, description="TensorRT version on the device, e.g. 10.3")
+    jetpack: Optional[Version] = Field(None, description="JetPack version, e.g. 6.1")
     budgets: Budgets = Field(default_factory=Budgets)
     host: bool = Field(False, description="the profile describes this machine: latencies measured here are the target's")
 

@@ -1,5 +1,6 @@
 """The bad-input catalogue: every way a user's input can be wrong that we know of, each with its exit code and the key
 words of its one-paragraph message. docs/errors.md lists the same rows with the fix for each."""
+import gzip
 import io
 import json
 import pickle
@@ -78,7 +79,7 @@ class Inputs:
             path.write_bytes(content.encode() if isinstance(content, str) else content)
         return str(path)
 
-    def run(self, *args: str, text: str | None = None, **change) -> list[str]:
+    def run(self, *args: str, text: str | bytes | None = None, **change) -> list[str]:
         """`compress PIPELINE --run-dir RUN --quiet ARGS` for the tiny pipeline with `change` (or the raw `text`)."""
         content = text if text is not None else yaml.safe_dump(tiny_pipeline(**change), sort_keys=False)
         return [self.path("pipeline.yaml", content), "--run-dir", str(self.run_dir), "--quiet", *args]
@@ -116,6 +117,34 @@ class Inputs:
 
 def corrupt(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+
+
+def gzip_damaged_inside(data: bytes) -> bytes:
+    """A gzip stream whose header is fine and whose compressed body is not."""
+    packed = bytearray(gzip.compress(data))
+    packed[20:40] = b"\xff" * 20
+    return bytes(packed)
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A few hundred bytes of YAML whose aliases expand to 10**levels values ("billion laughs")."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def npz_train(**arrays) -> bytes:
+    """An npz of the tiny pipeline's shape, with `arrays` replacing or adding some."""
+    return npz_bytes(**{"x_train": images(40), "y_train": labels(40), **arrays})
+
+
+def user_net_raising(in_channels: int, num_classes: int, **kwargs):
+    """A `python:` model builder that rejects its arguments with a ValueError, as library builders do."""
+    raise ValueError(f"depth must be one of 18, 34, 50 (got {kwargs.get('depth')})")
+
+
+TRAVERSAL = "x/../../../canary"  # a target name that would lead the TensorRT bundle out of the run folder
+INJECTION = "x\ntouch canary-command-ran\n"  # a target name that would put a command into build_engine.sh
 
 
 CATALOGUE = [
@@ -196,7 +225,7 @@ CATALOGUE = [
                                                                y_test=np.array([0, 7]))), 2,
      ["data.npz: y_test has label 7, but the training labels stop at 4"]),
     ("data/npz-float-labels", lambda s: s.npz(npz_bytes(x_train=images(10), y_train=np.zeros(10))), 2,
-     ["data.npz: y_train: expected a 1-D array of non-negative integer class labels", "float64"]),
+     ["data.npz: y_train: expected a 1-D array of integer class labels from 0 to 99,999", "float64"]),
     ("data/npz-bad-image-shape", lambda s: s.npz(npz_bytes(x_train=np.zeros((10, 784), np.uint8), y_train=labels(10))), 2,
      ["data.npz: x_train: expected shape (N, H, W) or (N, C, H, W)", "(10, 784)"]),
     ("data/nan-inputs", lambda s: s.npz(npz_bytes(x_train=np.full((64, 28, 28), np.nan, np.float32), y_train=labels(64))), 2,
@@ -232,13 +261,87 @@ CATALOGUE = [
      ["no deployable artifact for my-box", "exceeds the budget", "report.json"]),
     ("profile/not-a-folder", lambda s: s.profile(folder=s.path("model.onnx", "x")), 2, ["not a folder of artifacts"]),
     ("profile/empty-folder", lambda s: s.profile(folder=str(s.folder)), 2, ["no .onnx or .engine files to profile"]),
-    ("profile/corrupt-onnx", lambda s: s.profile(folder=str(Path(s.path("art/model.fp32.onnx", b"junk")).parent)), 2,
+    ("profile/corrupt-onnx", lambda s: s.profile(folder=str(Path(s.path("run/art/model.fp32.onnx", b"junk")).parent)), 2,
      ["model.fp32.onnx: ONNX Runtime cannot load or run it", "export it again"]),
     ("profile/corrupt-report", lambda s: s.profile(report="{"), 2,
      ["report.json: corrupt", "profile.json"]),
     ("profile/bad-batch", lambda s: s.profile("--batch", "1,x"), 2, ["--batch: expected comma-separated positive integers"]),
-    ("profile/bad-runs", lambda s: s.profile("--runs", "0"), 2, ["--runs: expected a positive number, got 0"]),
+    ("profile/bad-runs", lambda s: s.profile("--runs", "0"), 2, ["--runs: expected a positive number (at most 100000), got 0"]),
     ("profile/no-target", lambda s: ["profile", str(s.folder)], 2, ["the following arguments are required: --target"]),
+    # hostile and careless input, by class ([hardening]): names that become paths or script text
+    ("security/target-name-traversal", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(
+        name=TRAVERSAL, runtime="tensorrt", device_class="jetson"))), 2,
+     ["mine.yaml: invalid target profile", "name: must be 1 to 64 letters, digits", "it becomes part of file names"]),
+    ("security/target-name-newline", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(name=INJECTION))), 2,
+     ["mine.yaml: invalid target profile", "name: must be 1 to 64 letters, digits", "it becomes part of file names"]),
+    ("security/target-alias-traversal", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(aliases=[TRAVERSAL]))), 2,
+     ["aliases[0]: must be 1 to 64 letters, digits"]),
+    ("security/stage-name-newline", lambda s: s.run(stages=[{"type": "train", "name": "a\nb"}]), 2,
+     ["stages[0].name: must be 1 to 64 letters, digits"]),
+    ("security/foreign-run-dir", lambda s: s.run("--run-dir", str(Path(s.path("mine/notes.txt", "mine")).parent)), 2,
+     ["already holds files that compress did not write (notes.txt)", "deletes only what it wrote", "--run-dir"]),
+    ("security/foreign-run-dir-with-tmp-names", lambda s: s.run("--run-dir", str(Path(s.path("mine/.draft.tmp", "x")).parent)), 2,
+     ["already holds files that compress did not write (.draft.tmp)"]),
+    # hangs and resource exhaustion
+    ("config/alias-bomb", lambda s: s.run(text=alias_bomb()), 2, ["aliases expand to more than 100,000 values"]),
+    ("config/recursive-alias", lambda s: s.run(text="name: &a [*a]\n"), 2, ["an alias refers to the value that contains it"]),
+    ("config/file-too-large", lambda s: s.run(text="name: tiny\n" + "# padding\n" * 120_000), 2,
+     ["bytes is too large for a configuration file (at most 1,048,576)"]),
+    ("config/huge-value-echoed-short", lambda s: s.run(name="x" * 500_000), 2,
+     ["name: must be 1 to 64 letters", "(500,002 characters)"]),
+    ("config/deep-nesting", lambda s: s.run(text="name: " + "[" * 5000 + "]" * 5000 + "\n"), 2,
+     ["nested too deeply"]),
+    # values of the wrong kind
+    ("config/not-utf8", lambda s: s.run(text=b"name: caf\xe9\n"), 2,
+     ["pipeline.yaml:1: not UTF-8 text (byte 0xe9)"]),
+    ("config/stage-type-not-a-name", lambda s: s.run(stages=[{"type": ["train"]}]), 2,
+     ["stages[0].type: expected a stage name", "got ['train']"]),
+    ("config/stage-type-mapping", lambda s: s.run(stages=[{"type": {"train": 1}}]), 2, ["stages[0].type: expected a stage name"]),
+    ("config/duplicate-key", lambda s: s.run(text="name: a\nseed: 0\nname: b\n"), 2,
+     ["pipeline.yaml:3:1: malformed YAML: duplicate key 'name' (key 'name' first given on line 1)"]),
+    ("config/bool-for-number", lambda s: s.run(stages=[{"type": "train", "epochs": True}]), 2,
+     ["stages[0].epochs: Input should be a valid integer (got True)"]),
+    ("config/seed-overflow", lambda s: s.run(seed=2**63), 2, ["seed: Input should be less than or equal to 2147483647"]),
+    ("config/timestamp-as-count", lambda s: s.run(data={**tiny_pipeline()["data"], "limit": 1_733_000_000_000_000_000}), 2,
+     ["data.limit: Input should be less than or equal to 2147483647"]),
+    ("config/infinite-float", lambda s: s.run(stages=[{"type": "train", "warmup_epochs": float("inf")}]), 2,
+     ["stages[0].warmup_epochs: Input should be a finite number"]),
+    ("config/opset-below-minimum", lambda s: s.run(export={"opset": 7}), 2,
+     ["export.opset: Input should be greater than or equal to 11"]),
+    ("target/infinite-rate", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(efficiency=float("inf")))), 2,
+     ["efficiency: Input should be a finite number"]),
+    ("target/not-utf8", lambda s: s.run("--target", s.path("mine.yaml", b"name: caf\xe9\n")), 2,
+     ["mine.yaml:1: not UTF-8 text"]),
+    ("target/tensorrt-version-not-a-version", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(
+        tensorrt_version="10; rm -rf ~"))), 2, ["tensorrt_version: must be a version such as 10.3"]),
+    ("target/never-deployable", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(
+        precisions=["int8"], preferred_precisions=["int8"]))), 2,
+     ["export.formats: no format asked for can be deployed on target my-box, which runs int8"]),
+    ("model/builder-value-error", lambda s: s.run(model={"arch": "python:test_bad_inputs:user_net_raising", "kwargs": {"depth": 7}}), 2,
+     ["cannot be built with arguments {'depth': 7}", "ValueError: depth must be one of 18, 34, 50 (got 7)"]),
+    ("model/python-ref-without-function", lambda s: s.run(model={"arch": "python:os"}), 2,
+     ["expected 'python:module:function'"]),
+    ("model/python-ref-not-callable", lambda s: s.run(model={"arch": "python:math:pi"}), 2,
+     ["pi is a float, not a function"]),
+    ("data/npz-label-out-of-range", lambda s: s.npz(npz_train(y_train=labels(40) * 10**9)), 2,
+     ["y_train: expected a 1-D array of integer class labels from 0 to 99,999, got values 0 to 9000000000"]),
+    ("data/npz-label-wrapping", lambda s: s.npz(npz_train(y_train=np.full(40, 2**63, np.uint64))), 2,
+     ["y_train: expected a 1-D array of integer class labels", "9223372036854775808"]),
+    ("data/npz-string-images", lambda s: s.npz(npz_train(x_train=np.full((40, 28, 28), "a"))), 2,
+     ["x_train: expected images of real numbers (uint8 or float), got dtype <U1"]),
+    ("data/npz-complex-images", lambda s: s.npz(npz_train(x_train=np.zeros((40, 28, 28), np.complex64))), 2,
+     ["x_train: expected images of real numbers", "complex64"]),
+    ("data/npz-zero-sized-images", lambda s: s.npz(npz_train(x_train=np.zeros((40, 0, 28), np.uint8))), 2,
+     ["x_train: images of shape (1, 0, 28) (C, H, W) hold no pixels"]),
+    ("data/npz-test-shape-mismatch", lambda s: s.npz(npz_train(x_test=np.zeros((4, 32, 32), np.uint8), y_test=labels(4))), 2,
+     ["x_test images have shape (1, 32, 32) (C, H, W), the training images (1, 28, 28)"]),
+    ("data/npz-test-channels-mismatch", lambda s: s.npz(npz_train(x_test=np.zeros((4, 3, 28, 28), np.uint8), y_test=labels(4))), 2,
+     ["x_test images have shape (3, 28, 28)"]),
+    ("data/idx-gzip-corrupt-inside", lambda s: s.idx(**{"train-images-idx3-ubyte.gz": gzip_damaged_inside(idx_bytes(images(100))),
+                                                        "train-labels-idx1-ubyte": idx_bytes(labels(100))}), 2,
+     ["train-images-idx3-ubyte.gz: cannot read IDX file", "copy the file again"]),
+    ("profile/report-not-an-object", lambda s: s.profile(report="[1, 2]"), 2,
+     ["report.json: corrupt (a JSON list, not a report object)", "profile.json"]),
 ]
 
 
@@ -252,20 +355,39 @@ def finished(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("setup, code, words", [pytest.param(*row[1:], id=row[0]) for row in CATALOGUE])
+def outside(folder: Path, run_dir: Path) -> dict[str, bytes]:
+    """Every file under `folder` but those in `run_dir`, with its content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_relative_to(run_dir)}
+
+
+@pytest.mark.parametrize("setup, code, words", [pytest.param(*row[1:], id=row[0]) for row in CATALOGUE])
 def test_bad_input(setup, code, words, finished, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path))  # no dataset from this machine's caches is found instead
+    """Exit code 2, one paragraph naming the problem (short, whatever the input's size), no traceback, and nothing
+    written or deleted outside the run folder: a canary file survives, a canary command never runs."""
+    work, home = tmp_path / "work", tmp_path / "home"  # ONNX Runtime keeps a cache of its own under $HOME/.cache
+    monkeypatch.setenv("HOME", str(home))  # no dataset from this machine's caches is found instead
     monkeypatch.delenv("COMPRESS_DATA", raising=False)
-    argv = setup(Inputs(tmp_path, finished))
+    work.mkdir()
+    monkeypatch.chdir(work)  # a command injected into a script would run here
+    (work / "canary").mkdir()
+    (work / "canary" / "keep.txt").write_text("the user's file")
+    inputs = Inputs(work, finished)
+    argv = setup(inputs)
+    before = outside(work, inputs.run_dir)
     try:
         status = main(argv)
     except SystemExit as e:  # argparse's usage errors
         status = e.code
     err = capsys.readouterr().err
     assert status == code, err
-    assert "error: " in err and "Traceback" not in err
+    assert err.startswith("error: ") or "error: " in err.splitlines()[-1], err
+    assert "Traceback" not in err and "\n\n" not in err.strip() and len(err) < 4000, err
     for word in words:
         assert word in err, f"{word!r} not in: {err}"
-    assert not (tmp_path / "payload-ran").exists(), "a pickled payload was executed"
+    assert outside(work, inputs.run_dir) == before, "a file outside the run folder was written or deleted"
+    assert not (work / "payload-ran").exists(), "a pickled payload was executed"
+    assert not list(tmp_path.rglob("canary-command-ran")), "an injected command ran"
 
 
 def test_catalogue_is_documented():

@@ -1,6 +1,6 @@
 import pytest
 
-from compress.config import load_pipeline
+from compress.pipeline_file import load_pipeline
 from compress.errors import ConfigError
 from conftest import tiny_pipeline
 
@@ -30,7 +30,8 @@ BAD = [
     ({"stages": [{"type": "train", "optimizer": "lion"}]}, ["stages[0].optimizer", "'sgd', 'adam' or 'adamw'"]),
     ({"data": {"val_fraction": 1.5}}, ["data.val_fraction", "less than 1"]),
     ({"data": {"batch_size": 0}}, ["data.batch_size", "greater than 0"]),
-    ({"name": "bad name/with slash"}, ["name:", "pattern"]),
+    ({"name": "bad name/with slash"}, ["name:", "letters, digits"]),
+    ({"name": "run\n"}, ["name:", "letters, digits"]),
     ({"model": {"kwargs": {}}}, ["model.arch: Field required"]),
     ({"export": {"exporter": "jit"}}, ["export.exporter"]),
 ]

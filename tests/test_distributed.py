@@ -6,6 +6,7 @@ import sys
 
 
 from compress.cli import main
+from compress.run_folder import MARKER
 from conftest import tiny_pipeline
 
 STAGES = [{"type": "train", "epochs": 2, "lr": 0.05}, {"type": "train", "epochs": 1, "lr": 0.01}]
@@ -34,7 +35,7 @@ def test_two_process_run_matches_single_process(write_pipeline, tmp_path):
     assert two["artifacts"][0]["parity"]["max_abs_diff"] <= 1e-4
     # files are written once, by rank 0: one folder per stage, no stray temporary files
     assert sorted(p.name for p in (multi / "stages").iterdir()) == ["01-train", "02-train"]
-    assert not [p for p in multi.rglob("*") if p.name.startswith(".")]
+    assert not [p for p in multi.rglob("*") if p.name.startswith(".") and p.name != MARKER]
     assert result.stdout.count("stage") == 0  # --quiet on every rank
 
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from compress.cli import main
-from compress.config import load_pipeline
+from compress.pipeline_file import load_pipeline
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 

@@ -153,7 +153,7 @@ def test_orin_bundle_has_the_right_trtexec_flags(trained, tiny_data, tmp_path):
     assert manifest["profile"] == "compress profile . --target jetson-orin-nano"
     for line in (bundle / "checksums.sha256").read_text().splitlines():
         digest, name = line.split()
-        from compress.checkpoint import sha256_file
+        from compress.atomic import sha256_file
         assert sha256_file(bundle / name) == digest
 
 

@@ -14,8 +14,10 @@ import pytest
 import torch
 import yaml
 
-from compress.checkpoint import load_model_dir, sha256_file
+from compress.atomic import sha256_file
+from compress.checkpoint import load_model_dir
 from compress.cli import main
+from compress.run_folder import MARKER
 from conftest import tiny_pipeline
 
 STAGES = [{"type": "train", "name": name, "epochs": 1, "lr": lr} for name, lr in (("a", 0.05), ("b", 0.02), ("c", 0.01))]
@@ -78,6 +80,8 @@ def check_complete_run(run_dir: Path) -> None:
     assert sorted(finished_stages(run_dir)) == [f"{i + 1:02d}-train" for i in range(len(STAGES))]
     for path in run_dir.rglob("*"):
         relative = path.relative_to(run_dir)
+        if relative.parts[0] == MARKER:
+            continue  # the run folder's own marker and lock
         assert not any(part.startswith(".") for part in relative.parts), f"leftover temporary file {relative}"
         if path.is_dir() or relative.parts[0] == "stages":
             continue
@@ -154,8 +158,9 @@ def fill_disk(monkeypatch, file_name: str) -> None:
 
 
 def snapshot(run_dir: Path) -> dict[str, str]:
-    """Checksum of every file under `run_dir`, by relative path."""
-    return {str(p.relative_to(run_dir)): sha256_file(p) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    """Checksum of every file under `run_dir` but the lock's holder record, by relative path."""
+    return {str(p.relative_to(run_dir)): sha256_file(p) for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.relative_to(run_dir).parts[0] != MARKER}
 
 
 def test_disk_full_during_a_checkpoint_write(write_pipeline, tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ from compress.config import ExportConfig
 from compress.export.runner import export_and_validate
 from compress.models import build_model, make_spec
 from compress.targets import resolve
-from compress.targets.bench import onnx_layer_costs
+from compress.targets.profiling import onnx_layer_costs
 from compress.metrics import layer_costs
 
 

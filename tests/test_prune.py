@@ -11,7 +11,7 @@ from compress.block_dropping import choose_blocks, droppable_blocks
 from compress.channel_pruning import check_rebuilds, trial
 from compress.checkpoint import load_model_dir, save_model_dir
 from compress.cli import main
-from compress.config import load_pipeline
+from compress.pipeline_file import load_pipeline
 from compress.errors import ConfigError, ModelError
 from compress.metrics import count_macs, layer_costs
 from compress.models import MODELS, build_model, make_spec

@@ -13,7 +13,7 @@ import pytest
 
 from compress.cli import main
 from compress.report_html import Point, nice_ticks, pareto_front, render_html
-from compress.targets.bench import merge_into_report
+from compress.targets.profiling import merge_into_report
 
 from conftest import tiny_pipeline
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import ModelError, WeightsError
+from ..errors import ModelError, WeightsError, shown
 from ..registry import Registry
 from .resize import apply_resize, remove_modules
 
@@ -31,11 +31,16 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     arch, kwargs = spec["arch"], dict(spec.get("kwargs", {}))
     source, _, ref = arch.partition(":")
     args = dict(in_channels=spec["in_channels"], num_classes=spec["num_classes"], **kwargs)
-    builder = (lambda: ADAPTERS.get(source)(ref, **args)) if ref else (lambda: MODELS.get(arch)(**args))
+    builder = ADAPTERS.get(source) if ref else MODELS.get(arch)
     try:
-        model = builder()
+        model = builder(ref, **args) if ref else builder(**args)
+    except ModelError:
+        raise
     except TypeError as e:
-        raise ModelError(f"model {arch!r}: bad arguments {kwargs}: {e}") from None
+        raise ModelError(f"model {arch!r}: bad arguments {shown(kwargs, 200)}: {e}") from None
+    except Exception as e:  # a builder (ours, a library's, the user's) rejects its arguments in its own way
+        raise ModelError(f"model {arch!r} cannot be built with arguments {shown(kwargs, 200)}: "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {arch!r}: the builder returned {type(model).__name__}, not a torch.nn.Module")
     if spec.get("resize"):
@@ -47,12 +52,16 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 def python_model(ref: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
     """'python:package.module:function' — runs the user's code (only use references you trust)."""
     module_name, _, fn_name = ref.partition(":")
-    if not fn_name:
-        raise ModelError(f"model 'python:{ref}': expected 'python:module:function'")
+    if not (module_name and fn_name):
+        raise ModelError(f"model 'python:{ref}': expected 'python:module:function', e.g. 'python:mypackage.nets:small_cnn'")
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise ModelError(f"model 'python:{ref}': cannot import {fn_name} from {module_name}: {e}") from None
+    except Exception as e:  # importing runs the module's own code
+        raise ModelError(f"model 'python:{ref}': importing {module_name} failed: {type(e).__name__}: {e}") from None
+    if not callable(fn):
+        raise ModelError(f"model 'python:{ref}': {fn_name} is a {type(fn).__name__}, not a function that builds the model")
     return fn(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 

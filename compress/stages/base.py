@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from pydantic import Field
-from torch import nn
 
-from ..config import Strict
-from ..context import RunContext
+from ..config import Name, Strict
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..context import RunContext
 
 
 class StageConfig(Strict):
     """Fields every stage entry has; each stage's `Config` extends it."""
 
     type: str = Field(description="the stage's registered name")
-    name: Optional[str] = Field(None, description="label in logs and the report; default: the type")
+    name: Optional[Name] = Field(None, description="label in logs and the report; default: the type")
 
     def earlier_stages(self) -> dict[str, str]:
         """Earlier stages of the run whose output this stage reads: key path -> stage label."""

@@ -9,15 +9,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..checkpoint import load_model_dir, save_model_dir
 from ..distributed import on_main
-from ..config import Strict, sha256_json
+from ..config import Count, FilePath, Strict, sha256_json
 from ..context import RunContext
 from ..distill import Adversary, Discriminator, TeacherTargets, distillation_loss
 from ..errors import ConfigError, ModelError, RunDirError, UnknownNameError
@@ -29,7 +29,7 @@ from .base import Stage, StageConfig, StageResult, register_stage
 class TeacherTraining(TrainConfig):
     """Teachers trained inside the stage with the shared loop (optimizer fields as in `type: train`)."""
 
-    count: PositiveInt = Field(1, description="how many to train, each with its own seed")
+    count: Count = Field(1, description="how many to train, each with its own seed")
     arch: str = Field(description="architecture of these teachers (as model.arch)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the architecture")
 
@@ -40,10 +40,10 @@ class TeacherConfig(Strict):
     stage: Optional[str] = Field(None, description="the model an earlier stage of this run produced (its name, or type when unnamed)")
 
     arch: Optional[str] = Field(None, description="architecture of a teacher loaded from `weights`")
-    weights: Optional[Path] = Field(None, description="the teacher's .safetensors (or tensors-only .pt) file")
+    weights: Optional[FilePath] = Field(None, description="the teacher's .safetensors (or tensors-only .pt) file")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for `arch`")
-    num_classes: Optional[PositiveInt] = Field(None, description="default: the student's")
-    in_channels: Optional[PositiveInt] = Field(None, description="default: the student's")
+    num_classes: Optional[Count] = Field(None, description="default: the student's")
+    in_channels: Optional[Count] = Field(None, description="default: the student's")
     train: Optional[TeacherTraining] = Field(None, description="train teachers here instead of loading one")
 
     @model_validator(mode="after")
@@ -59,7 +59,7 @@ class DiscriminatorConfig(Strict):
     enabled: bool = Field(True, description="train an output discriminator and add its adversarial term")
     weight: float = Field(1.0, ge=0, description="weight of the adversarial term in the student's loss")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of the discriminator")
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64], description="hidden layer widths of the MLP")
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64], description="hidden layer widths of the MLP")
 
 
 @dataclasses.dataclass

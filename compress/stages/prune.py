@@ -5,12 +5,12 @@ import copy
 from typing import Any, Literal, Optional, Union
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 from torch import nn
 
 from ..block_dropping import BlockDropping, choose_blocks, droppable_blocks, nested
 from ..channel_pruning import MAX_RATIO, ChannelPruning, check_rebuilds, make_pruner, ratio_for, trial
-from ..config import Strict
+from ..config import Count, Natural, Strict
 from ..context import RunContext
 from ..errors import ConfigError
 from ..metrics import count_macs, layer_costs
@@ -32,9 +32,9 @@ class ScheduleConfig(Strict):
     start: float = Field(0.0, description="first pruning step, as a fraction of the stage's training steps")
     end: float = Field(0.3, description="step where the final sparsity is reached, as a fraction (1 = the last step); the rest "
                                         "of the stage recovers accuracy")
-    start_step: Optional[NonNegativeInt] = Field(None, description="first pruning step as a step number; replaces `start`")
-    end_step: Optional[PositiveInt] = Field(None, description="last pruning step as a step number; replaces `end`")
-    frequency: PositiveInt = Field(50, description="training steps between pruning steps")
+    start_step: Optional[Natural] = Field(None, description="first pruning step as a step number; replaces `start`")
+    end_step: Optional[Count] = Field(None, description="last pruning step as a step number; replaces `end`")
+    frequency: Count = Field(50, description="training steps between pruning steps")
 
     @field_validator("start", "end")
     @classmethod
@@ -79,9 +79,9 @@ class PruneConfig(StageConfig, TrainConfig):
     global_ranking: bool = Field(False, description="magnitude: rank weights across all layers instead of per layer")
     pattern: str = Field("2:4", description="nm: at most N non-zeros in every M weights along the input dimension")
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field("l2", description="channel: how channels are ranked")
-    round_to: Optional[PositiveInt] = Field(None, description="channel: channel counts become multiples of this; default: "
+    round_to: Optional[Count] = Field(None, description="channel: channel counts become multiples of this; default: "
                                                               "the target's channel_alignment")
-    drop_blocks: Optional[Union[PositiveInt, list[str]]] = Field(
+    drop_blocks: Optional[Union[Count, list[str]]] = Field(
         None, description="channel: also remove whole blocks (depth) on the same schedule: module names, or a count to take "
                           "the costliest on the target (by MACs without one); a block must return its input's shape, as a "
                           "residual block does. MACs and latency goals count the model without them")

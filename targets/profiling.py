@@ -8,20 +8,23 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 import yaml
 
 from compress import __version__
-from compress.checkpoint import atomic_write, to_json
-from compress.errors import CompressError, ExportError, RunDirError, TargetError
+from compress.atomic import atomic_write, to_json
+from compress.errors import CompressError, ExportError, RunDirError, TargetError, shown
 from compress.metrics import LayerCost
 from compress.report_html import render_html
+from compress.run_folder import locked_if_marked
 
 from .cost import peak_terms_ms
 from .profile import TargetProfile
@@ -85,17 +88,65 @@ def time_engine(trtexec: str, engine: Path, input_shape: list[int], batches: lis
     return result
 
 
-def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], runs: int = 50, warmup: int = 10) -> dict:
-    """Measure every .onnx file (and .engine where trtexec exists) in `folder`; write profile.json there."""
+def isolated(function: Callable[..., dict], *args) -> dict:
+    """`function(*args)` in a fresh process (so its peak memory is its own); an error it raises, or its death by a
+    signal (out of memory, a crash in native code), is an ExportError saying which."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=send_result, args=(sender, function, args), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        while not receiver.poll(0.1) and process.is_alive():
+            pass
+        ok, value = receiver.recv() if receiver.poll(0) else (None, None)
+    except EOFError:  # the process ended without sending anything
+        ok = None
+    finally:
+        receiver.close()
+        process.join()
+    if ok is None:
+        code = process.exitcode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        raise ExportError(f"the measuring process {how}{' (out of memory?)' if code == -signal.SIGKILL else ''}")
+    if not ok:
+        raise ExportError(value)
+    return value
+
+
+def send_result(sender, function: Callable[..., dict], args: tuple) -> None:
+    """Child-process body of `isolated`: (True, result) or (False, the error's first line)."""
+    try:
+        result = (True, function(*args))
+    except Exception as e:  # reported to the parent, which records the file as failed
+        result = (False, (str(e).strip() or type(e).__name__).splitlines()[0])
+    sender.send(result)
+    sender.close()
+
+
+def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], runs: int = 50, warmup: int = 10,
+                      measure: Callable[..., dict] = time_onnx) -> dict:
+    """Measure every .onnx file (with `measure`, in a process of its own) and every .engine where trtexec exists in
+    `folder`; write profile.json there. A file that fails is recorded under `failed` and the others are still
+    measured (see `check_failures`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CompressError(f"{folder}: not a folder of artifacts")
     files = sorted(folder.glob("*.onnx")) + sorted(folder.glob("*.engine"))
     if not files:
         raise CompressError(f"{folder}: no .onnx or .engine files to profile")
+    with locked_if_marked(folder.parent):  # inside a run folder, no pipeline run rewrites the files meanwhile
+        profile = measure_files(folder, files, target, batches, runs, warmup, measure)
+        atomic_write(folder / "profile.json", to_json(profile))
+        merge_into_report(folder, profile)
+    return profile
+
+
+def measure_files(folder: Path, files: list[Path], target: TargetProfile, batches: list[int], runs: int, warmup: int,
+                  measure: Callable[..., dict]) -> dict:
+    """The profile.json record of `files`: measurements, skipped files and failed ones."""
     providers, trtexec = available_providers(target), shutil.which("trtexec")
-    results, skipped = [], []
-    context = multiprocessing.get_context("spawn")  # a fresh process per artifact, so peak memory is its own
+    results, skipped, failed = [], [], []
     for path in files:
         if path.suffix == ".engine":
             if trtexec is None:
@@ -104,20 +155,24 @@ def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], r
             shape = onnx_input_shape(next(folder.glob("*.onnx")))
             timing = time_engine(trtexec, path, shape, batches, runs)
         else:
-            with context.Pool(1) as pool:
-                try:
-                    timing = pool.apply(time_onnx, (str(path), providers, batches, runs, warmup))
-                except Exception as e:  # onnxruntime raises its own untyped errors
-                    raise ExportError(f"{path}: ONNX Runtime cannot load or run it ({(str(e).strip() or type(e).__name__).splitlines()[0]}); "
-                                      f"export it again or remove it from {folder}") from None
+            try:
+                timing = isolated(measure, str(path), providers, batches, runs, warmup)
+            except ExportError as e:
+                failed.append({"file": path.name, "reason": f"ONNX Runtime cannot load or run it ({e})"})
+                continue
         match = PRECISION_FROM_NAME.search(path.name)
         results.append({"file": path.name, "precision": match.group(1) if match else None, **timing})
-    profile = {"target": target.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "compress_version": __version__,
-               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-               "runs": runs, "warmup": warmup, "results": results, "skipped": skipped}
-    atomic_write(folder / "profile.json", to_json(profile))
-    merge_into_report(folder, profile)
-    return profile
+    return {"target": target.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "compress_version": __version__,
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+            "runs": runs, "warmup": warmup, "results": results, "skipped": skipped, "failed": failed}
+
+
+def check_failures(profile: dict, folder: Path) -> None:
+    """Raise an ExportError naming every file `profile_artifacts` could not measure, and why."""
+    if profile["failed"]:
+        raise ExportError("; ".join(f"{folder / f['file']}: {f['reason']}" for f in profile["failed"]) +
+                          f"; export it again or remove it from {folder}. The measurements of the other files are "
+                          f"in {folder / 'profile.json'}")
 
 
 def merge_into_report(folder: Path, profile: dict) -> None:
@@ -129,6 +184,10 @@ def merge_into_report(folder: Path, profile: dict) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RunDirError(f"{report_path}: corrupt ({e}), so the measurements were not added to it; they are in "
                               f"{folder / 'profile.json'}. Rerun the pipeline to rewrite the report.") from None
+        if not isinstance(report, dict):
+            raise RunDirError(f"{report_path}: corrupt (a JSON {type(report).__name__}, not a report object), so the "
+                              f"measurements were not added to it; they are in {folder / 'profile.json'}. Rerun the "
+                              f"pipeline to rewrite the report.")
         report["profile"] = profile
         atomic_write(report_path, to_json(report))
         atomic_write(folder.parent / "report.html", render_html(report).encode())
@@ -197,12 +256,13 @@ def write_calibrated(profile: TargetProfile, path: Path, measured: dict) -> None
 
 
 def parse_batches(text: str) -> list[int]:
+    """`--batch 1,8,32` as a list of batch sizes from 1 to 65536."""
     try:
         batches = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
         batches = []
-    if not batches or min(batches) < 1:
-        raise CompressError(f"--batch: expected comma-separated positive integers such as 1,8,32, got {text!r}")
+    if not batches or min(batches) < 1 or max(batches) > 65536:
+        raise CompressError(f"--batch: expected comma-separated positive integers up to 65536 such as 1,8,32, got {shown(text)}")
     return batches
 
 
@@ -212,5 +272,5 @@ def summary_lines(profile: dict) -> list[str]:
         cells = [f"b{b}: p50 {s['p50_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms, {s['throughput_per_s']:.0f}/s" for b, s in r["batches"].items()]
         memory = f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
         lines.append(f"{r['file']} [{r['provider']}] " + "; ".join(cells) + memory)
-    return lines + [f"skipped {s}" for s in profile["skipped"]]
+    return lines + [f"skipped {s}" for s in profile["skipped"]] + [f"failed {f['file']}: {f['reason']}" for f in profile["failed"]]
 
