@@ -26,10 +26,12 @@ from compress.atomic import atomic_write, to_json
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import load_data
-from compress.distill import TeacherTargets
+from compress.methods.distill.losses import TeacherTargets
 from compress.models import build_model, make_spec
 from compress.pipeline import seed_everything
-from compress.stages.meal import MealStage, TeacherConfig, TeacherTraining, file_teacher, planned_teacher, train_teacher
+from compress.methods.distill.config import TeacherConfig, TeacherTraining
+from compress.methods.distill.teachers import file_teacher, planned_teacher, train_teacher
+from compress.stages.meal import MealStage
 from compress.stages.train import TrainStage
 from compress.training import evaluate
 

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import CompressError
 
 USAGE_EPILOG = """commands:
-  compress PIPELINE.yaml [--target NAME|PATH] ...   run the stages, export, validate, report
+  compress PIPELINE.yaml [--target NAME[,NAME]] ... run the stages, export, validate, report (for each target)
   compress targets                                   list hardware target profiles
   compress targets show NAME|PATH                    print one profile
   compress profile ARTIFACTS_DIR --target NAME       measure artifacts on this machine (e.g. on the device)
@@ -29,7 +29,8 @@ def run_parser() -> argparse.ArgumentParser:
                                 "run a pipeline of stages, export ONNX, validate it and write a report.",
                                 epilog=USAGE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pipeline", metavar="PIPELINE.yaml", help="pipeline file")
-    p.add_argument("--target", metavar="NAME|PATH", help="target profile name or YAML file (overrides `target:` in the file)")
+    p.add_argument("--target", metavar="NAME|PATH[,...]", help="target profile name or YAML file, or several separated by "
+                                                                "commas (overrides `target:`/`targets:` in the file)")
     p.add_argument("--run-dir", metavar="DIR", help="run folder (default: runs/<name>)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="rerun every stage instead of reusing finished ones")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="training device (default: cpu)")
@@ -65,9 +66,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline_file import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)  # a malformed file fails here, before torch is imported
+
     from .pipeline import run_pipeline
 
-    run_pipeline(args.pipeline, target=args.target, run_dir=args.run_dir, resume=args.resume, quiet=args.quiet, device=args.device)
+    run_pipeline(pipeline, target=args.target, run_dir=args.run_dir, resume=args.resume, quiet=args.quiet, device=args.device)
     return 0
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,10 +27,19 @@ def safe_name(value: str) -> str:
     return value
 
 
+def builder_kwargs(value: dict[str, Any]) -> dict[str, Any]:
+    """Architecture arguments: everything but what the model config sets itself."""
+    clash = [k for k in ("in_channels", "num_classes") if k in value]
+    if clash:
+        raise ValueError(f"{clash[0]} is set by the model's own `{clash[0]}` key (default: the dataset's), not in kwargs")
+    return value
+
+
 Count = Annotated[int, Field(gt=0, le=INT_MAX)]
 Natural = Annotated[int, Field(ge=0, le=INT_MAX)]
 Name = Annotated[str, AfterValidator(safe_name)]
 FilePath = Annotated[Path, Field(strict=False)]  # YAML gives a string
+Kwargs = Annotated[dict[str, Any], AfterValidator(builder_kwargs)]
 
 
 class Strict(BaseModel):
@@ -44,7 +53,7 @@ class ModelConfig(Strict):
     arch: str = Field(description="registered architecture (see `compress models`), 'torchvision:NAME', 'timm:NAME' or 'python:module:function'")
     num_classes: Optional[Count] = Field(None, description="output classes; default: the dataset's")
     in_channels: Optional[Count] = Field(None, description="input channels; default: the dataset's")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the architecture")
+    kwargs: Kwargs = Field(default_factory=dict, description="extra keyword arguments for the architecture")
     weights: Optional[FilePath] = Field(None, description="initial weights: .safetensors, or a tensors-only torch file (.pt/.pth)")
 
 
@@ -52,8 +61,8 @@ class DataConfig(Strict):
     dataset: str = Field("bundled", description="bundled | fashion-mnist | mnist | npz")
     root: Optional[FilePath] = Field(None, description="folder holding the dataset files (searched first)")
     path: Optional[FilePath] = Field(None, description="npz file with x_train, y_train[, x_test, y_test] (dataset: npz)")
-    batch_size: Count = 128
-    eval_batch_size: Count = 512
+    batch_size: Count = Field(128, description="training batch (the global batch under torchrun)")
+    eval_batch_size: Count = Field(512, description="batch of evaluation and prediction passes")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training split held out for validation")
     limit: Optional[Count] = Field(None, description="cap on examples per split, for fast runs")
     calibration_size: Count = Field(300, description="training examples kept for quantization calibration")
@@ -64,25 +73,33 @@ class ExportConfig(Strict):
     formats: Optional[list[str]] = Field(None, min_length=1, description="exporters to run; default: what the target prefers")
     opset: Optional[int] = Field(None, ge=MIN_OPSET, le=INT_MAX, description=f"ONNX opset, at least {MIN_OPSET}; "
                                                                             f"default: the target's maximum, at most 17")
-    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    exporter: Literal["torchscript", "dynamo"] = Field("torchscript", description="torch.onnx's TorchScript exporter, "
+                                                                               "or its torch.export-based one")
     simplify: bool = Field(True, description="fold constants and drop redundant nodes with onnxslim")
     accuracy_control: bool = Field(True, description="INT8: keep sensitive layers in fp32 when the target sets max_accuracy_drop")
-    validation_limit: Count = Field(2000, description="validation examples INT8 accuracy control evaluates")
-    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [1, 32], min_length=1)
-    latency_runs: Annotated[int, Field(ge=1, le=100_000)] = 30
+    validation_limit: Count = Field(2000, description="validation examples INT8 accuracy control evaluates",
+                                    json_schema_extra={"smoke": 200})
+    latency_batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [1, 32], min_length=1, description="batch sizes timed on this machine", json_schema_extra={"smoke": [1]})
+    latency_runs: int = Field(30, ge=1, le=100_000, description="timed runs per batch size (after warm-up)",
+                              json_schema_extra={"smoke": 2})
+    variants: Union[Literal["primary", "all"], list[Name]] = Field(
+        "primary", description="which models of the stages' families to export besides the final one: primary (none), all, "
+                               "or a list of variant names")
 
 
 class TrainConfig(Strict):
     """Optimisation settings shared by every training stage."""
 
-    epochs: Annotated[int, Field(ge=1, le=100_000)] = 1
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    epochs: int = Field(1, ge=1, le=100_000, description="passes over the training split", json_schema_extra={"smoke": 1})
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sgd (Nesterov momentum), adam or adamw")
     lr: float = Field(0.05, gt=0, description="peak learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     weight_decay: float = Field(5e-4, ge=0, description="applied to weight matrices/kernels, not to biases or norms")
-    schedule: Literal["cosine", "constant", "step"] = Field("cosine", description="per-step learning-rate schedule")
-    warmup_epochs: float = Field(0.0, ge=0, le=100_000)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["cosine", "constant", "step"] = Field("cosine", description="per-step learning-rate schedule: cosine "
+                                                                                  "(to zero), step (x0.1 at 50% and 75%), constant")
+    warmup_epochs: float = Field(0.0, ge=0, le=100_000, description="linear warm-up, may be fractional")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm")
 
 

@@ -1,9 +1,11 @@
-"""The run loop: validate, resolve the target, run or resume stages with atomic checkpoints, export, report."""
+"""The run loop: resolve the targets, check every stage, run or resume stages with atomic checkpoints (each stage's
+model family included), export and validate for every target, choose per target, report."""
 from __future__ import annotations
 
 import random
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -12,18 +14,17 @@ import torch
 import yaml
 
 from .atomic import atomic_write
-from .checkpoint import load_model_dir, read_metrics, read_spec, save_model_dir, verify_model_dir
-from .config import problems_message
-from .pipeline_file import Pipeline, load_pipeline
-from .distributed import Distributed, init_from_env, on_main, shutdown
+from .checkpoint import VARIANTS, load_model_dir, read_metrics, read_spec, save_model_dir, verify_model_dir
+from .config import problems_message, safe_name, sha256_json
 from .context import RunContext, say
 from .data import load_data
+from .distributed import Distributed, init_from_env, on_main, shutdown
 from .errors import ConfigError, ExportError, RunDirError
 from .metrics import model_metrics
 from .models import build_model, load_weights, make_spec
+from .pipeline_file import Pipeline, load_pipeline
 from .report import build_report, print_summary, write_report
 from .run_folder import remove_stale_stages, run_folder
-from .stages.base import stage_label
 from .training import evaluate
 
 
@@ -47,23 +48,49 @@ def prepare_run_dir(run_dir: Path, hold: ExitStack, resolved_config: str) -> Non
     atomic_write(run_dir / "pipeline.resolved.yaml", resolved_config.encode())
 
 
-def check_export_config(pipeline: Pipeline, target) -> None:
-    """Export settings that can only be checked against the registries and the target."""
+def resolve_targets(pipeline: Pipeline, override: Optional[str]) -> list:
+    """The run's target profiles, from `--target a,b,c` or the file; a name that resolves to no profile, or one
+    profile named twice, is an error before anything runs."""
+    from .targets import resolve
+
+    names = pipeline.target_names(override)
+    if not names:
+        raise ConfigError(f"{pipeline.path}: no target: set `target:` in the file or pass --target NAME (see `compress targets`)")
+    profiles, seen = [], {}
+    for name in names:
+        profile = resolve(name)
+        if profile.name in seen:
+            raise ConfigError(f"target {profile.name} is listed twice (as {seen[profile.name]!r} and {name!r})")
+        seen[profile.name] = name
+        profiles.append(profile)
+    return profiles
+
+
+def check_run(pipeline: Pipeline, targets: list) -> None:
+    """Settings that can only be checked against the registries and the targets, all at once."""
     from .export import EXPORTERS
     from .export.runner import default_formats
 
-    problems = []
-    for i, fmt in enumerate(pipeline.config.export.formats or []):
+    problems, export = [], pipeline.config.export
+    for i, fmt in enumerate(export.formats or []):
         if fmt not in EXPORTERS:
             problems.append(f"export.formats[{i}]: {EXPORTERS.miss_message(fmt)}")
-    files = [EXPORTERS.get(f) for f in pipeline.config.export.formats or default_formats(target) if f in EXPORTERS]
-    files = [cls for cls in files if not cls.packages]
-    if files and not any(cls.precision in target.precisions for cls in files):
-        problems.append(f"export.formats: no format asked for can be deployed on target {target.name}, which runs "
-                        f"{', '.join(target.precisions)}; ask for one in those precisions (e.g. onnx-int8 for int8)")
-    opset = pipeline.config.export.opset
-    if opset is not None and opset > target.max_opset:
-        problems.append(f"export.opset: {opset} is above target {target.name}'s maximum opset {target.max_opset}")
+    for target in targets:
+        if export.opset is not None and export.opset > target.max_opset:
+            problems.append(f"export.opset: {export.opset} is above target {target.name}'s maximum opset {target.max_opset}")
+        files = [EXPORTERS.get(f) for f in export.formats or default_formats(target) if f in EXPORTERS]
+        files = [cls for cls in files if not cls.packages]
+        if files and not any(cls.precision in target.precisions for cls in files):
+            problems.append(f"export.formats: no format asked for can be deployed on target {target.name}, which runs "
+                            f"{', '.join(target.precisions)}; ask for one in those precisions (e.g. onnx-int8 for int8)")
+    if len(targets) > 1:
+        names = ", ".join(t.name for t in targets)
+        for i, stage in enumerate(pipeline.stages):
+            reason = stage.target_dependence()
+            if reason and not stage.variant_per_target:
+                problems.append(f"stages[{i}] ({stage.label}): its result depends on the target: {reason}. With several "
+                                f"targets ({names}) it would fit only the first; make it target-independent as said, or "
+                                f"run one target at a time")
     if problems:
         raise ConfigError(problems_message(pipeline.path, "pipeline", problems))
 
@@ -85,29 +112,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_pipeline(path: str | Path, target: Optional[str] = None, run_dir: Optional[str | Path] = None,
-                 resume: bool = True, quiet: bool = False, device: str = "cpu") -> dict:
-    """Run a pipeline file end to end and return its report (also written to <run_dir>/report.json).
+def run_pipeline(path: str | Path | Pipeline, target: Optional[str] = None, run_dir: Optional[str | Path] = None,
+                 resume: bool = True, quiet: bool = False, device: str = "cpu") -> Optional[dict]:
+    """Run a pipeline file end to end and return its report (also written to <run_dir>/report.json). `target` is
+    one name or several, comma-separated (`--target`).
 
     Under torchrun (WORLD_SIZE > 1) every rank trains its share of each batch; rank 0 writes files and returns the
     report, the other ranks return None.
     """
-    from .targets import resolve
-
     started = time.time()
-    pipeline = load_pipeline(path)
-    cfg = pipeline.config
-    target_name = target or cfg.target
-    if not target_name:
-        raise ConfigError(f"{path}: no target: set `target:` in the file or pass --target NAME (see `compress targets`)")
-    profile = resolve(target_name)
-    check_export_config(pipeline, profile)
+    pipeline = path if isinstance(path, Pipeline) else load_pipeline(path)
+    targets = resolve_targets(pipeline, target)
+    check_run(pipeline, targets)
     torch_device = resolve_device(device)
     group = init_from_env(device)
+    folder = Path(run_dir) if run_dir else Path("runs") / pipeline.config.name
     try:
         with ExitStack() as hold:
-            return execute(pipeline, profile, Path(run_dir) if run_dir else Path("runs") / cfg.name, resume,
-                           quiet or not group.is_main, device_for_rank(torch_device, group), group, started, hold)
+            return execute(pipeline, targets, folder, resume, quiet or not group.is_main,
+                           device_for_rank(torch_device, group), group, started, hold)
     finally:
         shutdown(group)
 
@@ -120,29 +143,31 @@ def device_for_rank(device: torch.device, group: Distributed) -> torch.device:
     return torch.device("cuda", group.local_rank)
 
 
-def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: bool, torch_device: torch.device,
+def targets_fingerprint(targets: list) -> str:
+    """What target-dependent stages' hashes see: one profile's fingerprint, or all of them."""
+    from .targets import fingerprint
+
+    return fingerprint(targets[0]) if len(targets) == 1 else sha256_json([fingerprint(t) for t in targets])
+
+
+def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quiet: bool, torch_device: torch.device,
             group: Distributed, started: float, hold: ExitStack) -> Optional[dict]:
     """Stages (resumed or run), export, report; under torchrun every rank trains and only rank 0 writes, holding the
     run folder's lock until `hold` closes."""
-    from .export.runner import export_and_validate
-    from .targets import fingerprint
+    from .export.runner import export_for_targets
 
-    cfg = pipeline.config
+    cfg, stages = pipeline.config, pipeline.stages
     on_main(group, lambda: prepare_run_dir(run_dir, hold, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
 
     data = load_data(cfg.data, cfg.seed)
     check_model_fits_data(pipeline, data)
     spec = make_spec(cfg.model.arch, cfg.model.in_channels or data.in_channels, cfg.model.num_classes or data.num_classes, cfg.model.kwargs)
-    target_fp = fingerprint(profile)
-    hashes = [pipeline.stage_hash(i, target_fp) for i in range(len(pipeline.stages))]
-    folders = [stage_folder(run_dir, i, scfg.type) for i, (_, scfg) in enumerate(pipeline.stages)]
+    hashes = [pipeline.stage_hash(i, targets_fingerprint(targets)) for i in range(len(stages))]
+    folders = [stage_folder(run_dir, i, stage.config.type) for i, stage in enumerate(stages)]
 
     done = finished_prefix(folders, hashes) if resume else 0
-    records = []
+    records = [resumed_record(folder) for folder in folders[:done]]  # every reused folder is verified, not only the last
     if done:
-        for i in range(done):  # every reused folder is checked against its checksums, not only the one loaded
-            meta = verify_model_dir(folders[i])
-            records.append({**meta["stage"], "status": "resumed", "metrics": read_metrics(folders[i])})
         model, spec, _ = load_model_dir(folders[done - 1], torch_device)
         say(f"resuming {run_dir}: reusing finished stage(s) 1-{done} ({', '.join(r['label'] for r in records)})", quiet)
     else:
@@ -152,39 +177,96 @@ def execute(pipeline: Pipeline, profile, run_dir: Path, resume: bool, quiet: boo
             load_weights(model, cfg.model.weights)
         model.to(torch_device)
 
-    for i in range(done, len(pipeline.stages)):
-        cls, scfg = pipeline.stages[i]
-        label = stage_label(scfg)
-        seed_everything(cfg.seed + i)
-        ctx = RunContext(data=data, data_config=cfg.data, run_dir=run_dir, target=profile, device=torch_device,
-                         seed=cfg.seed + i, quiet=quiet, stage_name=label, stage_dir=run_dir / "work" / folders[i].name,
-                         dist=group, earlier={stage_label(pipeline.stages[j][1]): folders[j] for j in range(i)})
-        say(f"stage {i + 1}/{len(pipeline.stages)}: {label}", quiet)
+    def context(i: int) -> RunContext:
+        return RunContext(data=data, data_config=cfg.data, run_dir=run_dir, target=targets[0], targets=targets,
+                          device=torch_device, seed=cfg.seed + i, quiet=quiet, stage_name=stages[i].label,
+                          stage_dir=run_dir / "work" / folders[i].name, dist=group,
+                          earlier={stages[j].label: folders[j] for j in range(i)})
+
+    for i in range(done, len(stages)):  # every setting against the model, data and targets before anything trains
+        stages[i].check(model, spec, context(i))
+    for i in range(done, len(stages)):
+        stage, ctx = stages[i], context(i)
+        seed_everything(ctx.seed)
+        say(f"stage {i + 1}/{len(stages)}: {stage.label}", quiet)
         t0 = time.time()
-        result = cls(scfg).run(model, spec, ctx)
+        result = stage.run(model, spec, ctx)
         model, spec = result.model, result.spec or spec
-        val = evaluate(model, data.val, cfg.data.eval_batch_size, torch_device)
-        metrics = {**model_metrics(model, data.input_shape), "val_accuracy": val["accuracy"], "val_loss": val["loss"],
-                   "seconds": time.time() - t0, **result.metrics}
-        stage_info = {"index": i, "type": scfg.type, "label": label, "hash": hashes[i]}
-        on_main(group, lambda: save_stage(folders, i, model, spec, metrics, stage_info))
-        records.append({**stage_info, "status": "ran", "metrics": metrics})
+        check_variant_names(result.variants, records, stage.label)
+        metrics = {**measured(model, data, cfg.data.eval_batch_size, torch_device), "seconds": time.time() - t0, **result.metrics}
+        variants = {name: replace(v, metrics={**measured(v.model, data, cfg.data.eval_batch_size, torch_device), **v.metrics})
+                    for name, v in result.variants.items()}
+        stage_info = {"index": i, "type": stage.config.type, "label": stage.label, "hash": hashes[i]}
+        on_main(group, lambda: save_stage(folders, i, model, spec, metrics, stage_info, variants))
+        records.append({**stage_info, "status": "ran", "metrics": metrics,
+                        "variants": [{"name": n, "model": v.spec.model_dump(mode="json"), "metrics": v.metrics}
+                                     for n, v in variants.items()]})
 
     if not group.is_main:
         return None
 
     test = evaluate(model, data.test, cfg.data.eval_batch_size, torch_device) if data.test is not None else None
-    say("export and validation", quiet)
-    artifacts, deploy = export_and_validate(model, spec, data, cfg.export, profile, run_dir / "artifacts", cfg.data.eval_batch_size)
-    report = build_report(pipeline, profile, run_dir, data, spec, records, artifacts, deploy, test,
+    family = [(None, model, spec)] + [(name, *load_model_dir(folders[i] / VARIANTS / name)[:2])
+                                      for i, name in exported_variants(cfg.export.variants, records, pipeline.path)]
+    say(f"export and validation: {len(family)} model(s) x {len(targets)} target(s)", quiet)
+    artifacts, deployments = export_for_targets(family, data, cfg.export, targets, run_dir / "artifacts", cfg.data.eval_batch_size)
+    report = build_report(pipeline, targets, run_dir, data, spec, records, artifacts, deployments, test,
                           seconds=time.time() - started, device=str(torch_device))
     write_report(run_dir, report)
     if not quiet:
         print_summary(report)
-    if deploy is None:
-        reasons = "; ".join(f"{a.format}: {a.reason}" for a in artifacts if a.reason)
-        raise ExportError(f"no deployable artifact for {profile.name} ({reasons}); details in {run_dir / 'report.json'}")
+    missing = [name for name, deploy in deployments.items() if deploy is None]
+    if missing:
+        reasons = "; ".join(f"{a.target}/{a.variant or 'primary'}/{a.format}: {a.reason}" for a in artifacts
+                            if a.reason and a.target in missing and a.status != "bundle")
+        raise ExportError(f"no deployable artifact for {', '.join(missing)} ({reasons}); details in {run_dir / 'report.json'}")
     return report
+
+
+def measured(model, data, batch_size: int, device) -> dict:
+    """What the report says of every model that leaves a stage: size, cost and validation accuracy."""
+    val = evaluate(model, data.val, batch_size, device)
+    return {**model_metrics(model, data.input_shape), "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+
+
+def check_variant_names(variants: dict, records: list[dict], label: str) -> None:
+    """A variant name becomes a folder name: safe, not `primary`, and unique across the run's stages."""
+    earlier = {v["name"]: r["label"] for r in records for v in r.get("variants", [])}
+    for name in variants:
+        try:
+            safe_name(name)
+        except ValueError as e:
+            raise ConfigError(f"stage {label!r}: variant name {e}") from None
+        if name == "primary" or name.startswith("tensorrt-"):
+            raise ConfigError(f"stage {label!r}: variant name {name!r} is reserved")
+        if name in earlier:
+            raise ConfigError(f"stage {label!r}: variant {name!r} was already produced by stage {earlier[name]!r}; "
+                              f"variant names must be unique in a run")
+
+
+def exported_variants(choice, records: list[dict], path: Path) -> list[tuple[int, str]]:
+    """(stage index, name) of each variant `export.variants` asks for: none, all, or the ones named."""
+    produced = [(r["index"], v["name"]) for r in records for v in r.get("variants", [])]
+    if choice == "primary":
+        return []
+    if choice == "all":
+        return produced
+    names = [name for _, name in produced]
+    unknown = [name for name in choice if name not in names]
+    if unknown:
+        raise ConfigError(f"{path}: export.variants: {unknown[0]!r} is not a variant of this run; the variants are: "
+                          f"{', '.join(names) or '(none: no stage produced any)'}")
+    return [item for item in produced if item[1] in choice]
+
+
+def resumed_record(folder: Path) -> dict:
+    """The report record of a reused stage folder, after verifying it and its variants against their checksums."""
+    meta = verify_model_dir(folder)
+    variants = []
+    for name in meta.variants:
+        variant = read_spec(folder / VARIANTS / name)
+        variants.append({"name": name, "model": variant.model, "metrics": read_metrics(folder / VARIANTS / name)})
+    return {**meta.stage.model_dump(), "status": "resumed", "metrics": read_metrics(folder), "variants": variants}
 
 
 def finished_prefix(folders: list[Path], hashes: list[str]) -> int:
@@ -192,13 +274,13 @@ def finished_prefix(folders: list[Path], hashes: list[str]) -> int:
     done = 0
     for folder, expected in zip(folders, hashes):
         meta = read_spec(folder)
-        if not meta or meta.get("stage", {}).get("hash") != expected:
+        if not meta or meta.stage is None or meta.stage.hash != expected:
             break
         done += 1
     return done
 
 
-def save_stage(folders: list[Path], index: int, model, spec: dict, metrics: dict, stage_info: dict) -> None:
-    """Checkpoint a finished stage and drop the folders of later stages left by an earlier config."""
-    save_model_dir(folders[index], model, spec, metrics, {"stage": stage_info})
+def save_stage(folders: list[Path], index: int, model, spec, metrics: dict, stage_info: dict, variants: dict) -> None:
+    """Checkpoint a finished stage (with its variants) and drop the folders of later stages left by an earlier config."""
+    save_model_dir(folders[index], model, spec, metrics, stage_info, variants)
     remove_stale_stages(folders[index].parent.parent, keep=folders[: index + 1])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .config import DataConfig, ExportConfig, ModelConfig, Name, Strict, error_lines, problems_message, sha256_json
 from .errors import ConfigError, UnknownNameError, shown
@@ -18,11 +18,20 @@ from .safe_yaml import read_yaml
 class PipelineConfig(Strict):
     name: Name = Field(description="run name; the run folder is runs/<name>")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds the data split, initial weights and shuffles")
-    model: ModelConfig
-    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(description="the model the run starts from")
+    data: DataConfig = Field(default_factory=DataConfig, description="the dataset and its splits")
     stages: list[dict[str, Any]] = Field(min_length=1, description="ordered list of {type: NAME, ...}")
-    export: ExportConfig = Field(default_factory=ExportConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig, description="formats, validation and which models to export")
     target: Optional[str] = Field(None, description="target profile name or YAML path; --target overrides")
+    targets: Optional[list[str]] = Field(None, min_length=1, description="several targets: training runs once, and each "
+                                                                         "target gets its own artifacts and choice; "
+                                                                         "--target a,b,c overrides")
+
+    @model_validator(mode="after")
+    def _one_target_key(self) -> "PipelineConfig":
+        if self.target is not None and self.targets is not None:
+            raise ValueError("give `target` (one) or `targets` (a list), not both")
+        return self
 
 
 @dataclass
@@ -31,20 +40,27 @@ class Pipeline:
 
     path: Path
     config: PipelineConfig
-    stages: list  # list[tuple[type[Stage], StageConfig]]
+    stages: list  # list[Stage], each holding its typed config
 
     def stage_hash(self, index: int, target_fingerprint: str = "") -> str:
-        """Hash of everything stage `index` depends on: model, data, seed and stages 0..index."""
+        """Hash of everything stage `index` depends on: model, data, seed, stages 0..index, and the target(s) when one
+        of those stages depends on it."""
         c = self.config
-        uses_target = any(cls.uses_target for cls, _ in self.stages[: index + 1])
+        uses_target = any(stage.target_dependence() or stage.variant_per_target for stage in self.stages[: index + 1])
         payload = {
             "model": c.model.model_dump(mode="json"),
             "data": c.data.model_dump(mode="json"),
             "seed": c.seed,
-            "stages": [cfg.model_dump(mode="json") for _, cfg in self.stages[: index + 1]],
+            "stages": [stage.config.model_dump(mode="json") for stage in self.stages[: index + 1]],
             "target": target_fingerprint if uses_target else None,
         }
         return sha256_json(payload)
+
+    def target_names(self, override: Optional[str] = None) -> list[str]:
+        """The targets of this run: `--target a,b,c` when given, else the file's `targets` or `target`."""
+        if override:
+            return [name.strip() for name in override.split(",") if name.strip()]
+        return self.config.targets or ([self.config.target] if self.config.target else [])
 
     def config_hash(self) -> str:
         """Hash of the whole validated config."""
@@ -67,7 +83,6 @@ def load_pipeline(path: str | Path) -> Pipeline:
 def validate_stages(path: Path, config: PipelineConfig) -> list:
     """Validate each stage entry against its stage class's Config; collect every problem."""
     from .stages import STAGES
-    from .stages.base import stage_label
 
     problems, stages = [], []
     for i, entry in enumerate(config.stages):
@@ -89,11 +104,11 @@ def validate_stages(path: Path, config: PipelineConfig) -> list:
         except ValidationError as e:
             problems.extend(error_lines(e, prefix=where))
             continue
-        labels = [stage_label(c) for _, c in stages]
+        labels = [stage.label for stage in stages]
         for key, label in stage_config.earlier_stages().items():
             if label not in labels:
                 problems.append(f"{where}.{key}: {shown(label)} is not an earlier stage; expected one of: {', '.join(labels) or '(none)'}")
-        stages.append((cls, stage_config))
+        stages.append(cls(stage_config))
     if problems:
         raise ConfigError(problems_message(path, "pipeline", problems))
     return stages

@@ -12,7 +12,7 @@ from . import __version__
 from .atomic import atomic_write, to_json
 from .report_html import render_html
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: variants, several targets (targets, deployments; artifacts name their variant and target)
 
 
 def package_versions() -> dict[str, str]:
@@ -26,9 +26,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def build_report(pipeline, profile, run_dir: Path, data, spec: dict, stages: list[dict], artifacts: list,
-                 deploy: Optional[dict], test: Optional[dict], seconds: float, device: str) -> dict:
-    """Everything a reader needs to judge and reproduce the run."""
+def build_report(pipeline, targets: list, run_dir: Path, data, spec, stages: list[dict], artifacts: list,
+                 deployments: dict[str, Optional[dict]], test: Optional[dict], seconds: float, device: str) -> dict:
+    """Everything a reader needs to judge and reproduce the run (schema: docs/report.md)."""
     cfg = pipeline.config
     return {
         "schema_version": SCHEMA_VERSION,
@@ -40,16 +40,19 @@ def build_report(pipeline, profile, run_dir: Path, data, spec: dict, stages: lis
         "device": device,
         "seconds": seconds,
         "versions": package_versions(),
-        "target": profile.model_dump(mode="json"),
+        "target": targets[0].model_dump(mode="json"),
+        "targets": [t.model_dump(mode="json") for t in targets],
         "data": {"dataset": data.name, "train": len(data.train), "val": len(data.val),
                  "test": len(data.test) if data.test is not None else 0, "input_shape": list(data.input_shape),
                  "num_classes": data.num_classes, "preprocess": {"scale": 1 / 255, "mean": data.mean, "std": data.std}},
-        "model": spec,
+        "model": spec.model_dump(mode="json"),
         "stages": stages,
+        "variants": [{"stage": s["label"], **v} for s in stages for v in s.get("variants", [])],
         "final": {"val_accuracy": stages[-1]["metrics"]["val_accuracy"] if stages else None,
                   "test_accuracy": test["accuracy"] if test else None},
         "artifacts": [a.to_dict() for a in artifacts],
-        "deploy": deploy,
+        "deploy": deployments[targets[0].name],
+        "deployments": deployments,
         "run_dir": str(run_dir),
     }
 
@@ -63,29 +66,38 @@ def write_report(run_dir: Path, report: dict) -> Path:
 
 
 def print_summary(report: dict, out=sys.stdout) -> None:
-    """A compact table of stages and artifacts."""
+    """A compact table of stages, variants and artifacts, and what to deploy on each target."""
     rows = [("stage", "status", "params", "MACs", "sparsity", "val acc", "time")]
     for s in report["stages"]:
         m = s["metrics"]
         rows.append((f"{s['index'] + 1}. {s['label']}", s["status"], f"{m['params']:,}", f"{m['macs'] / 1e6:.2f}M",
                      f"{m['sparsity']:.1%}", f"{m['val_accuracy']:.2%}", f"{m['seconds']:.1f}s"))
     print(table(rows), file=out)
-    rows = [("artifact", "precision", "size", "max|diff|", "top-1 agree", "val acc", "b1 here", "b32 here", "b1 target", "status")]
+    if report["variants"]:
+        rows = [("variant", "stage", "params", "MACs", "val acc")]
+        rows += [(v["name"], v["stage"], f"{v['metrics']['params']:,}", f"{v['metrics']['macs'] / 1e6:.2f}M",
+                  f"{v['metrics']['val_accuracy']:.2%}") for v in report["variants"]]
+        print("\n" + table(rows), file=out)
+    several = len(report["targets"]) > 1
+    rows = [(*(("target",) if several else ()), "artifact", "precision", "size", "max|diff|", "top-1 agree", "val acc",
+             "b1 here", "b32 here", "b1 target", "status")]
     for a in report["artifacts"]:
-        rows.append(artifact_row(a))
+        rows.append((*((a["target"],) if several else ()), *artifact_row(a)))
     print("\n" + table(rows), file=out)
     final = report["final"]
     if final["test_accuracy"] is not None:
         print(f"\ntest accuracy (final model): {final['test_accuracy']:.2%}", file=out)
-    deploy = report["deploy"]
-    print(f"deploy: {deploy['path']} ({deploy['reason']})" if deploy else "deploy: none (every artifact was rejected)", file=out)
+    for name, deploy in report["deployments"].items():
+        where = f" on {name}" if several else ""
+        print(f"deploy{where}: {deploy['path']} ({deploy['reason']})" if deploy else
+              f"deploy{where}: none (every artifact was rejected or failed)", file=out)
     print(f"report: {report['run_dir']}/report.json", file=out)
 
 
 def artifact_row(a: dict) -> tuple:
     """One line of the artifact table; bundles and failed exports have no measurements."""
     status = a["status"] if a["status"] == "ok" else f"{a['status']}: {a['reason']}"
-    name = Path(a["path"]).name or a["format"]
+    name = "/".join(p for p in (a.get("variant"), Path(a["path"]).name or a["format"]) if p)
     if not a["parity"]:
         return (name, a["precision"], f"{a['size_bytes'] / 1e3:.0f} kB" if a["size_bytes"] else "-", "-", "-", "-", "-", "-", "-", status)
     latency = a["latency_ms"]

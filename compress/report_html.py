@@ -279,16 +279,36 @@ def bars_svg(values: dict[str, float], title: str) -> str:
 # ---- data gathering ----------------------------------------------------------------------------------------------
 
 def artifact_name(a: dict) -> str:
-    return Path(str(a.get("path") or "")).name or str(a.get("format", "?"))
+    """The file name, after its variant's name when it belongs to one: small/model.int8.onnx."""
+    name = Path(str(a.get("path") or "")).name or str(a.get("format", "?"))
+    return f"{a['variant']}/{name}" if a.get("variant") else name
 
 
-def latency_points(report: dict) -> list[Point]:
+def target_names(report: dict) -> list[str]:
+    """The run's targets in order (one, in a report of a single-target run)."""
+    names = [t.get("name", "?") for t in report.get("targets") or [] if isinstance(t, dict)]
+    return names or [(report.get("target") or {}).get("name", "?")]
+
+
+def deployments(report: dict) -> dict:
+    """Target name -> what to deploy there (None: nothing is deployable), for old and new reports alike."""
+    matrix = report.get("deployments")
+    return matrix if isinstance(matrix, dict) else {target_names(report)[0]: report.get("deploy")}
+
+
+def of_target(report: dict, target: str) -> list[dict]:
+    """The artifacts made for `target` (all of them in a report that names no target)."""
+    artifacts = [a for a in report.get("artifacts") or [] if isinstance(a, dict)]
+    return [a for a in artifacts if a.get("target", target) == target]
+
+
+def latency_points(artifacts: list[dict]) -> list[Point]:
     """Artifacts with an accuracy and a batch-1 latency on the target."""
     return [Point(artifact_name(a), a["estimated_latency_ms"], a["accuracy"],
+                  group="variant" if a.get("variant") else "main",
                   note=f"({a.get('latency_source', 'estimated')}, {a.get('status', '?')})",
                   eligible=a.get("status") not in ("rejected", "failed"))
-            for a in report.get("artifacts") or []
-            if is_num(a.get("accuracy")) and is_num(a.get("estimated_latency_ms"))]
+            for a in artifacts if is_num(a.get("accuracy")) and is_num(a.get("estimated_latency_ms"))]
 
 
 def macs_points(report: dict) -> list[Point]:
@@ -345,7 +365,8 @@ def table(headers: list[str], rows: list[list[str]], numeric: Iterable[int], row
 def header(report: dict) -> str:
     target = report.get("target") or {}
     final, data = report.get("final") or {}, report.get("data") or {}
-    facts = [("target", target.get("name", "?")), ("runtime", target.get("runtime", "–")),
+    facts = [("targets" if len(target_names(report)) > 1 else "target", ", ".join(target_names(report))),
+             ("runtime", target.get("runtime", "–")),
              ("created", report.get("created", "–")), ("seed", report.get("seed", "–")),
              ("device", report.get("device", "–")), ("wall time", fmt(report.get("seconds"), lambda v: f"{v:.1f} s")),
              ("dataset", f"{data.get('dataset', '–')} ({data.get('train', '?')} / {data.get('val', '?')} / "
@@ -363,17 +384,52 @@ def header(report: dict) -> str:
 
 
 def deploy_section(report: dict) -> str:
-    deploy = report.get("deploy")
+    matrix = deployments(report)
+    if len(matrix) > 1:
+        return matrix_section(matrix)
+    deploy = next(iter(matrix.values()))
     if not deploy:
         reasons = "".join(f"<li><code>{esc(artifact_name(a))}</code>: {esc(a.get('status', '?'))} — "
                           f"{esc(a.get('reason') or 'no reason recorded')}</li>" for a in report.get("artifacts") or [])
         return (f'<section class="deploy none"><h2>Deploy: nothing deployable</h2>'
                 f'<p>Every artifact was rejected or failed.</p><ul>{reasons}</ul></section>')
     bundle = (f"<p>Build on the device from <code>{esc(deploy['bundle'])}</code>.</p>" if deploy.get("bundle") else "")
-    return (f'<section class="deploy"><h2>Deploy: <code>{esc(Path(str(deploy.get("path", ""))).name)}</code> '
+    variant = f" of {esc(deploy['variant'])}" if deploy.get("variant") else ""
+    return (f'<section class="deploy"><h2>Deploy: <code>{esc(Path(str(deploy.get("path", ""))).name)}</code>{variant} '
             f'<span class="badge ok">{esc(deploy.get("precision", "?"))}</span></h2>'
             f'<p>{esc(deploy.get("reason", ""))}</p><p class="small">{esc(deploy.get("format", ""))} · '
             f'<code>{esc(deploy.get("path", ""))}</code></p>{bundle}</section>')
+
+
+def matrix_section(matrix: dict) -> str:
+    """The deployment matrix: for every target, the artifact chosen across the whole model family, or none."""
+    rows, classes = [], []
+    for target, d in matrix.items():
+        if d:
+            rows.append([f"<code>{esc(target)}</code>", esc(d.get("variant") or "primary"),
+                         f"<code>{esc(Path(str(d.get('path', ''))).name)}</code>", esc(d.get("precision", "–")),
+                         fmt(d.get("accuracy"), pct), fmt(d.get("estimated_latency_ms"), ms), esc(d.get("reason", ""))])
+        else:
+            rows.append([f"<code>{esc(target)}</code>", "–", "–", "–", "–", "–",
+                         "<b>nothing deployable: every artifact was rejected or failed</b>"])
+        classes.append("deployed" if d else "")
+    headers = ["target", "model", "artifact", "precision", "val accuracy", "b1 on target", "why"]
+    none = " none" if not all(matrix.values()) else ""
+    return (f'<section class="deploy{none}"><h2>Deployment matrix</h2>{table(headers, rows, [4, 5], classes)}'
+            f'<p class="small">Per target: the most accurate model of the family with an artifact within every budget '
+            f'of the target, and of its artifacts the fastest.</p></section>')
+
+
+def variant_section(report: dict) -> str:
+    """The models of the stages' families besides the primary one."""
+    variants = [v for v in report.get("variants") or [] if isinstance(v, dict) and isinstance(v.get("metrics"), dict)]
+    if not variants:
+        return ""
+    rows = [[f"<code>{esc(v.get('name', '?'))}</code>", esc(v.get("stage", "–")), fmt(v["metrics"].get("params"), lambda x: f"{x:,}"),
+             fmt(v["metrics"].get("macs"), si), fmt(v["metrics"].get("size_bytes"), size),
+             fmt(v["metrics"].get("val_accuracy"), pct)] for v in variants]
+    body = table(["variant", "stage", "params", "MACs", "size", "val accuracy"], rows, range(2, 6))
+    return f"<section><h2>Model family</h2>{body}</section>"
 
 
 def stage_section(report: dict) -> str:
@@ -395,19 +451,23 @@ def batch_keys(artifacts: list[dict]) -> list[str]:
 
 
 def artifact_section(report: dict) -> str:
-    artifacts = report.get("artifacts") or []
-    batches = batch_keys(artifacts)
-    deployed = str((report.get("deploy") or {}).get("path", ""))
-    headers = ["artifact", "format", "precision", "size", "accuracy", "max|diff|", "top-1 agree",
-               *(f"b{b} here" for b in batches), "b1 on target", "status"]
-    rows = [artifact_cells(a, batches) for a in artifacts]
-    classes = ["deployed" if deployed and a.get("path") == deployed else "" for a in artifacts]
-    details = [" · ".join(([reason(a)] if a.get("reason") else []) + [esc(n) for n in a.get("notes") or []]) for a in artifacts]
-    body = table(headers, rows, range(3, 8 + len(batches)), classes, details) if rows else '<p class="empty">No artifacts.</p>'
-    return (f'<section><h2>Artifacts</h2>{body}<p class="small">Parity and accuracy: ONNX Runtime against torch on the '
-            f'validation split (accuracy change vs torch in brackets). "here": median measured on this machine; '
-            f'"on target": batch 1, measured when the target is this machine, otherwise estimated by the cost model. '
-            f'The highlighted row is deployed; reasons and notes are under each row.</p></section>')
+    matrix, several = deployments(report), len(target_names(report)) > 1
+    parts = []
+    for target in target_names(report):
+        artifacts = of_target(report, target)
+        batches = batch_keys(artifacts)
+        deployed = str((matrix.get(target) or {}).get("path", ""))
+        headers = ["artifact", "format", "precision", "size", "accuracy", "max|diff|", "top-1 agree",
+                   *(f"b{b} here" for b in batches), "b1 on target", "status"]
+        rows = [artifact_cells(a, batches) for a in artifacts]
+        classes = ["deployed" if deployed and a.get("path") == deployed else "" for a in artifacts]
+        details = [" · ".join(([reason(a)] if a.get("reason") else []) + [esc(n) for n in a.get("notes") or []]) for a in artifacts]
+        body = table(headers, rows, range(3, 8 + len(batches)), classes, details) if rows else '<p class="empty">No artifacts.</p>'
+        parts.append(f"<h3>{esc(target)}</h3>{body}" if several else body)
+    return (f'<section><h2>Artifacts</h2>{"".join(parts)}<p class="small">Parity and accuracy: ONNX Runtime against '
+            f'torch on the validation split (accuracy change vs torch in brackets). "here": median measured on this '
+            f'machine; "on target": batch 1, measured when the target is this machine, otherwise estimated by the cost '
+            f'model. The highlighted row is deployed; reasons and notes are under each row.</p></section>')
 
 
 def reason(a: dict) -> str:
@@ -446,10 +506,12 @@ def pareto_legend(points: list[Point]) -> str:
 
 
 def pareto_section(report: dict) -> str:
-    plots = []
+    plots, names = [], target_names(report)
+    latency = [(f"Accuracy vs latency on {name if len(names) > 1 else 'the target'} (artifacts)",
+                latency_points(of_target(report, name)), f"batch-1 latency on {name if len(names) > 1 else 'target'} (ms)",
+                "num", ms) for name in names]
     for caption, points, xlabel, xunit, xfmt in (
-            ("Accuracy vs latency on the target (artifacts)", latency_points(report), "batch-1 latency on target (ms)",
-             "num", ms),
+            *latency,
             ("Accuracy vs MACs (stages and variants)", macs_points(report), "MACs per example", "si",
              lambda v: f"{si(v)} MACs")):
         body = pareto_svg(points, caption, xlabel, xunit, xfmt) if points else '<p class="empty">No points to plot.</p>'
@@ -498,8 +560,8 @@ def profile_section(report: dict) -> str:
 
 def render_html(report: dict) -> str:
     """The whole page for one report.json dict; optional keys may be missing."""
-    sections = [header(report), deploy_section(report), stage_section(report), artifact_section(report),
-                pareto_section(report), pruning_section(report), profile_section(report)]
+    sections = [header(report), deploy_section(report), stage_section(report), variant_section(report),
+                artifact_section(report), pareto_section(report), pruning_section(report), profile_section(report)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>{esc(report.get("name", "compress"))} · compress report</title><style>{CSS}</style></head>'

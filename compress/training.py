@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from .context import RunContext
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+StepFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]  # (model, batch) -> (loss, logits)
 
 
 class Callback:
@@ -25,26 +27,35 @@ class Callback:
 
     def on_fit_start(self, trainer: "Trainer") -> None: ...
     def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_batch_start(self, trainer: "Trainer", batch: Batch) -> None: ...
     def on_before_optimizer_step(self, trainer: "Trainer") -> None: ...
     def on_step_end(self, trainer: "Trainer") -> None: ...
     def on_epoch_end(self, trainer: "Trainer", epoch: int, metrics: dict) -> None: ...
     def on_fit_end(self, trainer: "Trainer") -> None: ...
 
 
+def make_loader(ctx: "RunContext") -> BatchLoader:
+    """The training batches of this process: data.batch_size is the global batch, each of the world_size ranks takes
+    its share of it."""
+    data_cfg, dist = ctx.data_config, ctx.dist
+    return BatchLoader(ctx.data.train, max(1, data_cfg.batch_size // dist.world_size), shuffle=True, seed=ctx.seed,
+                       augment=data_cfg.augment, rank=dist.rank, world_size=dist.world_size)
+
+
 class Trainer:
-    """Trains `model` on `ctx.data.train` with `cfg`; stages plug in a loss function and callbacks."""
+    """Trains `model` on `ctx.data.train` with `cfg`. Stages plug in a loss function on the logits (`loss_fn`) or a
+    whole step (`step_fn(model, batch) -> (loss, logits)`, e.g. several sub-networks per batch), and callbacks."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: "RunContext", *, loss_fn: Optional[LossFn] = None,
-                 callbacks: Sequence[Callback] = ()):
+                 step_fn: Optional[StepFn] = None, callbacks: Sequence[Callback] = ()):
         self.model, self.cfg, self.ctx = model.to(ctx.device), cfg, ctx
         self.data, self.device, self.name = ctx.data, ctx.device, ctx.stage_name
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn or (lambda logits, batch: nn.functional.cross_entropy(logits, batch.y, label_smoothing=cfg.label_smoothing))
-        data_cfg, self.dist = ctx.data_config, ctx.dist
-        self.eval_batch_size = data_cfg.eval_batch_size
-        # data.batch_size is the global batch: each of the world_size ranks takes its share
-        self.loader = BatchLoader(ctx.data.train, max(1, data_cfg.batch_size // self.dist.world_size), shuffle=True,
-                                  seed=ctx.seed, augment=data_cfg.augment, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.step_fn = step_fn or self.logits_step
+        self.dist = ctx.dist
+        self.eval_batch_size = ctx.data_config.eval_batch_size
+        self.loader = make_loader(ctx)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.optimizer = make_optimizer(model, cfg)
@@ -95,8 +106,8 @@ class Trainer:
                    disable=self.ctx.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         for batch in bar:
             batch = Batch(*(t.to(self.device) for t in batch))
-            logits = self.forward(batch.x)
-            loss = self.loss_fn(logits, batch)
+            self.call("on_batch_start", batch)
+            loss, logits = self.step_fn(self.forward, batch)
             if not all_reduce([float(torch.isfinite(loss))], self.dist, "min")[0]:  # every rank stops together
                 raise TrainingError(
                     f"stage '{self.name}': the loss became {loss.item()} at epoch {epoch + 1}, step {self.global_step + 1} "
@@ -119,6 +130,11 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}")
         loss_sum, correct, seen = all_reduce([loss_sum, correct, seen], self.dist)
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+    def logits_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The default step: one forward pass, `loss_fn` on its logits."""
+        logits = model(batch.x)
+        return self.loss_fn(logits, batch), logits
 
     def call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -154,15 +170,22 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
-@torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits of `model` (in eval mode) for every example of `split`, on the CPU."""
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode without gradients inside the block; its training mode comes back after."""
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x.to(device)).float().cpu() for x in split.x.split(batch_size)])
+        with torch.no_grad():
+            yield model
     finally:
         model.train(was_training)
+
+
+def predict(model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits of `model` (in eval mode) for every example of `split`, on the CPU."""
+    with evaluating(model):
+        return torch.cat([model(x.to(device)).float().cpu() for x in split.x.split(batch_size)])
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 512, device: torch.device | str = "cpu") -> dict[str, float]:

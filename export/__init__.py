@@ -12,6 +12,7 @@ from compress.registry import Registry
 
 if TYPE_CHECKING:
     from compress.data import DataBundle
+    from compress.models import ModelSpec
     from compress.targets import TargetProfile
 
 
@@ -20,7 +21,7 @@ class ExportRequest:
     """Everything an exporter needs: the model and its spec, data (calibration, validation), settings, target."""
 
     model: nn.Module
-    spec: dict[str, Any]
+    spec: "ModelSpec"
     data: "DataBundle"
     out_dir: Path
     config: ExportConfig
@@ -50,6 +51,9 @@ class Artifact:
     latency_provider: Optional[str] = None
     estimated_latency_ms: Optional[float] = None  # batch 1 on the target: roofline cost model, or measured on a host target
     latency_source: str = "estimated"  # estimated (cost model) | measured (the target is this machine)
+    estimated_memory_mb: Optional[float] = None  # the file plus the largest layer's activations at batch 1
+    variant: Optional[str] = None  # the model of the stage family it was exported from; None: the primary model
+    target: str = ""  # the target profile it was exported and checked for
     notes: list[str] = field(default_factory=list)  # e.g. accuracy control fell back, pre-flight warnings
     status: str = "ok"  # ok | rejected | failed | bundle
     reason: str = ""

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import onnx
 
+from compress.errors import ExportError
+
 from . import Exporter, ExportRequest, register_exporter
 from .onnx import fp32_onnx, save_onnx
 
@@ -18,5 +20,8 @@ class OnnxFp16Exporter(Exporter):
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         path = request.out_dir / f"{request.name}.fp16.onnx"
-        model = convert_float_to_float16(onnx.load(str(fp32_onnx(request))), keep_io_types=True)
+        try:
+            model = convert_float_to_float16(onnx.load(str(fp32_onnx(request))), keep_io_types=True)
+        except Exception as e:  # the converter raises whatever the graph provokes
+            raise ExportError(f"fp16 conversion failed: {type(e).__name__}: {e}") from None
         return save_onnx(model, path)

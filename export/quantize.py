@@ -97,15 +97,18 @@ class OnnxInt8Exporter(Exporter):
                               f"{target.int8_min_in_channels} input channels in fp32 (the target's int8_min_out_channels, "
                               f"int8_min_in_channels): {', '.join(narrow)}")
         max_drop = target.budgets.max_accuracy_drop
-        with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
-            if max_drop is not None and request.config.accuracy_control:
-                val = request.data.val.head(request.config.validation_limit)
-                batches = [(x.numpy(), y.numpy()) for x, y in zip(val.x.split(VALIDATION_BATCH), val.y.split(VALIDATION_BATCH))]
-                quantized = nncf.quantize_with_accuracy_control(
-                    model, calib, nncf.Dataset(batches, lambda b: {"input": b[0]}), accuracy_fn, max_drop=max_drop, **settings)
-                self.notes.append(f"accuracy-controlled quantization (max drop {max_drop:.2%} on {len(val)} validation examples)")
-            else:
-                quantized = nncf.quantize(model, calib, **settings)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
+                if max_drop is not None and request.config.accuracy_control:
+                    val = request.data.val.head(request.config.validation_limit)
+                    batches = [(x.numpy(), y.numpy()) for x, y in zip(val.x.split(VALIDATION_BATCH), val.y.split(VALIDATION_BATCH))]
+                    quantized = nncf.quantize_with_accuracy_control(
+                        model, calib, nncf.Dataset(batches, lambda b: {"input": b[0]}), accuracy_fn, max_drop=max_drop, **settings)
+                    self.notes.append(f"accuracy-controlled quantization (max drop {max_drop:.2%} on {len(val)} validation examples)")
+                else:
+                    quantized = nncf.quantize(model, calib, **settings)
+        except Exception as e:  # NNCF and ONNX Runtime raise many unrelated types
+            raise ExportError(f"NNCF INT8 quantization failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
         if symmetric:
             signed_activations(quantized)
             self.notes.append("symmetric signed int8 activations (zero point 0) for TensorRT")

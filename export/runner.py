@@ -1,4 +1,5 @@
-"""Export a model to every requested format, check each artifact, apply the target's budgets, pick one to deploy."""
+"""Export a model to every requested format, check each artifact, apply the target's budgets, and choose what to deploy:
+per model the fastest artifact within the budgets, per target the most accurate model of the family among those."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,10 @@ from compress.config import ExportConfig
 from compress.data import DataBundle
 from compress.errors import ExportError
 from compress.metrics import layer_costs
-from compress.pruning import follows_nm
+from compress.methods.pruning.masks import follows_nm
+from compress.models import ModelSpec
 from compress.targets import TargetProfile
-from compress.targets.cost import estimate_latency_ms
+from compress.targets.cost import estimate_latency_ms, estimate_memory_mb
 from compress.training import predict
 
 from . import EXPORTERS, Artifact, ExportRequest
@@ -31,9 +33,11 @@ def default_formats(target: TargetProfile) -> list[str]:
     return files + packages
 
 
-def export_and_validate(model, spec: dict, data: DataBundle, config: ExportConfig, target: TargetProfile, out_dir: Path,
-                        eval_batch_size: int = 512) -> tuple[list[Artifact], Optional[dict]]:
-    """Run the exporters, check every file with the pre-flight check and ONNX Runtime, choose the deployable one."""
+def export_and_validate(model, spec: ModelSpec, data: DataBundle, config: ExportConfig, target: TargetProfile,
+                        out_dir: Path, eval_batch_size: int = 512,
+                        variant: Optional[str] = None) -> tuple[list[Artifact], Optional[dict]]:
+    """Run the exporters, check every file with the pre-flight check and ONNX Runtime, choose the deployable one.
+    `variant` names the model of the stage family being exported (None: the primary model)."""
     model = model.cpu().eval()
     reference = predict(model, data.val, eval_batch_size)
     reference_accuracy = float((reference.argmax(1) == data.val.y).float().mean())
@@ -60,20 +64,45 @@ def export_and_validate(model, spec: dict, data: DataBundle, config: ExportConfi
             artifact.estimated_latency_ms, artifact.latency_source = artifact.latency_ms.get("1"), "measured"
         elif exporter.precision in target.peak_tops:
             artifact.estimated_latency_ms = estimate_latency_ms(layers, exporter.precision, target)
+        artifact.estimated_memory_mb = estimate_memory_mb(layers, artifact.size_bytes, exporter.precision)
         apply_budgets(artifact, target)
         request.artifacts.append(artifact)
+    for artifact in request.artifacts:
+        artifact.variant, artifact.target = variant, target.name
     return request.artifacts, choose_deployable(request.artifacts, target)
 
 
-def checked_sparsity(model, spec: dict) -> dict:
+def export_for_targets(family: list[tuple[Optional[str], object, ModelSpec]], data: DataBundle, config: ExportConfig,
+                       targets: list[TargetProfile], out_dir: Path, eval_batch_size: int = 512) -> tuple[list[Artifact], dict]:
+    """Export and validate every (variant name or None, model, spec) of `family` for every target, in
+    `out_dir[/<target>][/<variant>]`, and choose per target: the deployment matrix (target name -> deploy or None).
+    A model whose export fails is recorded as failed; the others are still exported."""
+    artifacts, deployments = [], {}
+    for target in targets:
+        folder = out_dir if len(targets) == 1 else out_dir / target.name
+        choices = []
+        for variant, model, spec in family:
+            try:
+                made, deploy = export_and_validate(model, spec, data, config, target, folder / (variant or ""),
+                                                   eval_batch_size, variant=variant)
+            except ExportError as e:
+                made, deploy = [Artifact(format="onnx", precision="fp32", path="", size_bytes=0, sha256="", status="failed",
+                                         reason=str(e), variant=variant, target=target.name)], None
+            artifacts += made
+            choices += [deploy] if deploy else []
+        deployments[target.name] = choose_across(choices)
+    return artifacts, deployments
+
+
+def checked_sparsity(model, spec: ModelSpec) -> ModelSpec:
     """The spec, without its N:M mark when a later stage (e.g. dense fine-tuning) broke the pattern."""
-    if "sparsity_pattern" not in spec:
+    if spec.sparsity is None:
         return spec
-    n, m = (int(v) for v in spec["sparsity_pattern"].split(":"))
+    n, m = spec.sparsity.nm
     modules = dict(model.named_modules())
-    if all(name in modules and follows_nm(modules[name].weight, n, m) for name in spec.get("sparse_layers", [])):
+    if all(name in modules and follows_nm(modules[name].weight, n, m) for name in spec.sparsity.layers):
         return spec
-    return {k: v for k, v in spec.items() if k not in ("sparsity_pattern", "sparse_layers")}
+    return spec.marked(None)
 
 
 def apply_budgets(artifact: Artifact, target: TargetProfile) -> None:
@@ -86,24 +115,41 @@ def apply_budgets(artifact: Artifact, target: TargetProfile) -> None:
     if budgets.size_mb is not None and artifact.size_bytes > budgets.size_mb * 1e6:
         reasons.append(f"size {artifact.size_bytes / 1e6:.2f} MB exceeds the budget {budgets.size_mb} MB")
     if budgets.latency_ms is not None and (artifact.estimated_latency_ms or 0) > budgets.latency_ms:
-        artifact.notes.append(f"{artifact.latency_source} batch-1 latency {artifact.estimated_latency_ms:.3g} ms is over "
-                              f"the target's {budgets.latency_ms} ms budget")
+        reasons.append(f"{artifact.latency_source} batch-1 latency {artifact.estimated_latency_ms:.3g} ms exceeds the "
+                       f"budget {budgets.latency_ms} ms")
+    if budgets.memory_mb is not None and (artifact.estimated_memory_mb or 0) > budgets.memory_mb:
+        reasons.append(f"estimated memory {artifact.estimated_memory_mb:.3g} MB exceeds the budget {budgets.memory_mb} MB")
     if reasons:
         artifact.status, artifact.reason = "rejected", "; ".join(reasons)
 
 
 def choose_deployable(artifacts: list[Artifact], target: TargetProfile) -> Optional[dict]:
-    """The accepted artifact with the lowest batch-1 latency on the target; ties go to the preferred precision."""
+    """Of one model's artifacts, the accepted one with the lowest batch-1 latency on the target; ties go to the
+    preferred precision."""
     accepted = [a for a in artifacts if a.status == "ok"]
     if not accepted:
         return None
     rank = {p: i for i, p in enumerate(target.preferred_precisions)}
     best = min(accepted, key=lambda a: (a.estimated_latency_ms or float("inf"), rank.get(a.precision, len(rank))))
-    deploy = {"path": best.path, "format": best.format, "precision": best.precision,
+    deploy = {"path": best.path, "format": best.format, "precision": best.precision, "variant": best.variant,
+              "target": target.name, "accuracy": best.accuracy, "estimated_latency_ms": best.estimated_latency_ms,
               "reason": f"lowest {best.latency_source} batch-1 latency on {target.name} ({best.estimated_latency_ms:.3g} ms) "
-                        f"among {len(accepted)} artifact(s) within the accuracy budget"}
-    bundle = next((a for a in artifacts if a.status == "bundle"), None)
+                        f"among {len(accepted)} artifact(s) within its budgets"}
+    bundle = next((a for a in artifacts if a.status == "bundle" and a.variant == best.variant), None)
     if bundle is not None:
         deploy["bundle"] = bundle.path
         deploy["reason"] += f"; build the {best.precision} engine on the device with {bundle.path}/build_engine.sh"
     return deploy
+
+
+def choose_across(choices: list[dict]) -> Optional[dict]:
+    """Across the models of a family (each with its deployable artifact from `choose_deployable`), the most accurate
+    one; ties go to the faster. None when no model has a deployable artifact."""
+    if not choices:
+        return None
+    best = max(choices, key=lambda d: (d["accuracy"], -(d["estimated_latency_ms"] or 0.0)))
+    if len(choices) == 1:
+        return best
+    name = best["variant"] or "the primary model"
+    return {**best, "reason": f"most accurate of {len(choices)} models with an artifact within {best['target']}'s budgets: "
+                              f"{name} ({best['accuracy']:.2%} validation accuracy); {best['reason']}"}

@@ -25,7 +25,7 @@ SOURCE_FORMAT = {"fp32": "onnx", "fp16": "onnx", "int8": "onnx-int8"}  # TensorR
 def engine_plan(request: ExportRequest) -> list[dict]:
     """One engine per precision the target prefers and an ONNX source exists for: source file and trtexec flags."""
     sources = {a.format: a for a in request.artifacts if a.status == "ok"}
-    sparse = request.target.sparsity_2_4 and request.spec.get("sparsity_pattern") == "2:4"
+    sparse = request.target.sparsity_2_4 and request.spec.sparsity is not None and request.spec.sparsity.pattern == "2:4"
     shape = "x".join(str(d) for d in request.input_shape)
     opt, top = max(request.config.latency_batch_sizes), max(request.config.latency_batch_sizes) * 2
     plan = []
@@ -97,7 +97,7 @@ def build_engines(plan: list[dict], folder: Path, request: ExportRequest) -> Non
         parser = trt.OnnxParser(network, logger)
         if not parser.parse((folder / entry["onnx"]).read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"TensorRT cannot parse {entry['onnx']}: {errors}")
+            raise ExportError(f"TensorRT cannot parse {entry['onnx']}: {errors}")
         config = builder.create_builder_config()
         for flag in entry["flags"]:
             if flag in ("--fp16", "--int8"):

@@ -6,6 +6,7 @@ at peak bandwidth); each is divided by the profile's efficiency for it, and a fi
 """
 from __future__ import annotations
 
+from compress.errors import TargetError
 from compress.metrics import LayerCost
 
 from .profile import TargetProfile
@@ -16,7 +17,7 @@ BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
 def peak_terms_ms(layers: list[LayerCost], precision: str, profile: TargetProfile, batch: int = 1) -> tuple[float, float]:
     """(compute, memory) time of all layers at 100% of peak, in milliseconds."""
     if precision not in profile.peak_tops:
-        raise ValueError(f"target {profile.name} has no peak figure for {precision}")
+        raise TargetError(f"target {profile.name} has no peak_tops figure for {precision}; add one to the profile")
     macs = sum(layer.macs for layer in layers)
     values = sum(layer.weights + batch * (layer.inputs + layer.outputs) for layer in layers)
     compute = 2 * macs * batch / (profile.peak_tops[precision] * 1e12)
@@ -29,3 +30,9 @@ def estimate_latency_ms(layers: list[LayerCost], precision: str, profile: Target
     compute, memory = peak_terms_ms(layers, precision, profile, batch)
     memory_efficiency = profile.memory_efficiency or profile.efficiency
     return compute / profile.efficiency + memory / memory_efficiency + len(layers) * profile.layer_overhead_us / 1e3
+
+
+def estimate_memory_mb(layers: list[LayerCost], file_bytes: int, precision: str, batch: int = 1) -> float:
+    """Run-time memory of an artifact: the weights file plus the largest layer's input and output activations."""
+    activations = max((layer.inputs + layer.outputs for layer in layers), default=0) * batch
+    return (file_bytes + activations * BYTES_PER_VALUE[precision]) / 1e6

@@ -30,6 +30,8 @@ PROVIDER_PRECISIONS = {
 
 
 class Budgets(Strict):
+    """Limits an artifact must stay within to be deployable on the target; unset ones do not apply."""
+
     latency_ms: Optional[PositiveFloat] = Field(None, description="batch-1 latency budget")
     memory_mb: Optional[PositiveFloat] = Field(None, description="memory available to the model at run time")
     size_mb: Optional[PositiveFloat] = Field(None, description="largest artifact file")
@@ -38,9 +40,10 @@ class Budgets(Strict):
 
 class TargetProfile(Strict):
     name: Name = Field(description="the profile's name; it becomes part of file names (tensorrt-<name>/)")
-    description: str = Field(max_length=500)
-    aliases: list[Name] = Field(default_factory=list)
-    device_class: Literal["cpu", "gpu", "jetson"]
+    description: str = Field(max_length=500, description="one line for `compress targets`")
+    aliases: list[Name] = Field(default_factory=list, description="other names `--target` accepts")
+    device_class: Literal["cpu", "gpu", "jetson"] = Field(description="jetson: TensorRT engines are always built on the "
+                                                                      "device (a bundle)")
     runtime: Literal["onnxruntime", "tensorrt"] = Field(description="the runtime that executes deployed artifacts")
     execution_providers: list[str] = Field(min_length=1, description="ONNX Runtime execution providers, in order of preference")
     precisions: list[Precision] = Field(min_length=1, description="precisions the hardware runs")
@@ -50,8 +53,8 @@ class TargetProfile(Strict):
     efficiency: float = Field(0.25, gt=0, le=1, description="share of peak compute a small CNN reaches; `compress profile --calibrate` measures it")
     memory_efficiency: Optional[float] = Field(None, gt=0, description="share of peak bandwidth reached (default: efficiency); may exceed 1 where caches hold the activations")
     layer_overhead_us: float = Field(0.0, ge=0, description="fixed cost per layer (kernel launch, runtime dispatch)")
-    memory_bandwidth_gbps: PositiveFloat
-    memory_gb: PositiveFloat
+    memory_bandwidth_gbps: PositiveFloat = Field(description="peak memory bandwidth, GB/s (the cost model's memory term)")
+    memory_gb: PositiveFloat = Field(description="memory of the device")
     channel_alignment: int = Field(1, ge=1, le=1024, description="channel counts should be a multiple of this")
     int8_min_out_channels: Natural = Field(0, description="INT8 ONNX: convolutions with fewer output channels stay "
                                                           "fp32 (narrow int8 CPU kernels can be slower than fp32)")
@@ -60,7 +63,7 @@ class TargetProfile(Strict):
     max_opset: int = Field(ge=MIN_OPSET, le=100, description="highest ONNX opset the runtime parses")
     tensorrt_version: Optional[Version] = Field(None, description="TensorRT version on the device, e.g. 10.3")
     jetpack: Optional[Version] = Field(None, description="JetPack version, e.g. 6.1")
-    budgets: Budgets = Field(default_factory=Budgets)
+    budgets: Budgets = Field(default_factory=Budgets, description="what a deployable artifact must meet")
     host: bool = Field(False, description="the profile describes this machine: latencies measured here are the target's")
 
     @model_validator(mode="after")

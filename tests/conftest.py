@@ -1,11 +1,14 @@
-"""Shared fixtures: tiny data from the bundled subset, a RunContext, and a pipeline-file writer."""
+"""Shared fixtures: tiny data from the bundled subset, a RunContext, a pipeline-file writer, and `smoke`, which
+shrinks any config to a quick run by the values its schema declares."""
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from pydantic import BaseModel
 
 from compress.config import DataConfig
 from compress.context import RunContext
@@ -53,3 +56,27 @@ def tiny_pipeline(**overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def config_model(annotation) -> type[BaseModel] | None:
+    """The config model a field holds: itself, or inside Optional[...], list[...] or a union."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in typing.get_args(annotation) if (m := config_model(arg))), None)
+
+
+def smoke(entry: dict, model: type[BaseModel]) -> dict:
+    """`entry` with every field whose schema declares a `smoke` value (epochs: 1, frequency: 2, latency_runs: 2, ...)
+    set to it, in nested configs too: a quick run of the same settings, whatever the stage."""
+    out = dict(entry)
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "smoke" in extra:
+            out[name] = extra["smoke"]
+        elif (inner := config_model(field.annotation)) is not None:
+            value = out[name] if name in out else {} if field.default_factory is not None else None
+            if isinstance(value, list):
+                out[name] = [smoke(item, inner) if isinstance(item, dict) else item for item in value]
+            elif isinstance(value, dict) and (shrunk := smoke(value, inner)) != value:
+                out[name] = shrunk
+    return out

@@ -119,6 +119,13 @@ def corrupt(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
 
 
+def edit_spec(stage: Path, change) -> None:
+    """Apply `change` to the model spec recorded in a stage folder's spec.json."""
+    meta = json.loads((stage / "spec.json").read_text())
+    change(meta["model"])
+    (stage / "spec.json").write_text(json.dumps(meta))
+
+
 def gzip_damaged_inside(data: bytes) -> bytes:
     """A gzip stream whose header is fine and whose compressed body is not."""
     packed = bytearray(gzip.compress(data))
@@ -340,6 +347,16 @@ CATALOGUE = [
     ("data/idx-gzip-corrupt-inside", lambda s: s.idx(**{"train-images-idx3-ubyte.gz": gzip_damaged_inside(idx_bytes(images(100))),
                                                         "train-labels-idx1-ubyte": idx_bytes(labels(100))}), 2,
      ["train-images-idx3-ubyte.gz: cannot read IDX file", "copy the file again"]),
+    ("model/kwargs-repeat-num-classes", lambda s: s.run(model={**MODEL, "kwargs": {**MODEL["kwargs"], "num_classes": 5}}), 2,
+     ["model.kwargs: num_classes is set by the model's own `num_classes` key (default: the dataset's), not in kwargs"]),
+    ("target/unknown-among-several", lambda s: s.run("--target", "x86-cpu,jetsn"), 2,
+     ["unknown target 'jetsn'; did you mean 'jetson'"]),
+    ("target/listed-twice", lambda s: s.run("--target", "jetson,jetson-orin-nano"), 2,
+     ["target jetson-orin-nano is listed twice (as 'jetson' and 'jetson-orin-nano')"]),
+    ("run/spec-json-missing-keys", lambda s: s.resume(damage=lambda stage: edit_spec(stage, lambda m: m.pop("arch"))), 2,
+     ["01-train/spec.json: corrupt (model: arch: Field required)", "--no-resume"]),
+    ("run/spec-json-unknown-version", lambda s: s.resume(damage=lambda stage: edit_spec(stage, lambda m: m.update(version=7))), 2,
+     ["spec version 7 is not one this compress reads", "written by another version of compress"]),
     ("profile/report-not-an-object", lambda s: s.profile(report="[1, 2]"), 2,
      ["report.json: corrupt (a JSON list, not a report object)", "profile.json"]),
 ]

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from compress.pipeline_file import load_pipeline
@@ -7,8 +11,8 @@ from conftest import tiny_pipeline
 
 def test_valid_pipeline_loads_with_typed_stage_configs(write_pipeline):
     pipeline = load_pipeline(write_pipeline(tiny_pipeline()))
-    (cls, cfg), = pipeline.stages
-    assert cls.type == "train" and cfg.epochs == 1 and cfg.lr == 0.05
+    (stage,) = pipeline.stages
+    assert stage.type == "train" and stage.config.epochs == 1 and stage.config.lr == 0.05
 
 
 def test_stage_hash_depends_on_prefix_only(write_pipeline):
@@ -68,3 +72,16 @@ def test_top_level_must_be_a_mapping(write_pipeline, text, words):
 
 def test_missing_file(tmp_path):
     assert "file not found" in str(pytest.raises(ConfigError, load_pipeline, tmp_path / "nope.yaml").value)
+
+
+def test_the_base_schema_imports_no_stage_and_a_pipeline_validates_without_torch(tmp_path):
+    """`import compress.config` imports no stage module, and loading a pipeline file (every stage's config included)
+    imports no torch, so a malformed file fails in a fraction of a second."""
+    examples = sorted(str(p) for p in (Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    code = ("import sys, compress.config\n"
+            "assert not [m for m in sys.modules if m.startswith(('compress.stages', 'torch'))], sorted(sys.modules)\n"
+            "from compress.pipeline_file import load_pipeline\n"
+            f"for path in {examples!r}:\n"
+            "    load_pipeline(path)\n"
+            "assert 'torch' not in sys.modules, [m for m in sys.modules if m.startswith('torch')][:5]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -54,7 +54,7 @@ def discriminator_after_steps(rank: int, world_size: int, init_file: str, out: s
     import torch
     import torch.distributed as dist
 
-    from compress.distill import Adversary, Discriminator
+    from compress.methods.distill.adversary import Adversary, Discriminator
     from compress.distributed import SINGLE, Distributed
 
     torch.set_num_threads(1)

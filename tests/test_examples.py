@@ -6,7 +6,10 @@ import pytest
 import yaml
 
 from compress.cli import main
+from compress.config import ExportConfig
 from compress.pipeline_file import load_pipeline
+from compress.stages import STAGES
+from conftest import smoke
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 
@@ -17,17 +20,12 @@ def test_example_validates(example):
 
 
 def shrink(config: dict) -> dict:
-    """Same stages and target, but tiny data, one epoch everywhere and few timing runs."""
+    """Same stages and target on a tiny slice of the bundled data; every stage and the export shrunk to a quick run by
+    the `smoke` values their schemas declare (no stage is special-cased here)."""
     config["data"] = {**config["data"], "dataset": "bundled", "limit": 320, "batch_size": 32, "calibration_size": 64}
-    config.pop("root", None)
-    for stage in config["stages"]:
-        stage["epochs"] = 1
-        if stage["type"] == "prune":
-            stage.setdefault("schedule", {})["frequency"] = 2
-        for teacher in stage.get("teachers", []):
-            if "train" in teacher:
-                teacher["train"]["epochs"] = 1
-    config["export"] = {**config.get("export", {}), "latency_runs": 2, "latency_batch_sizes": [1], "validation_limit": 160}
+    config["data"].pop("root", None)
+    config["stages"] = [smoke(stage, STAGES.get(stage["type"]).Config) for stage in config["stages"]]
+    config["export"] = smoke(config.get("export", {}), ExportConfig)
     return config
 
 

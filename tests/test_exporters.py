@@ -15,6 +15,7 @@ from compress.export.preflight import check_graph
 from compress.export.quantize import narrow_convolutions
 from compress.export.runner import default_formats, export_and_validate
 from compress.models import build_model, make_spec
+from compress.models.spec import Sparsity
 from compress.targets import resolve
 from compress.training import Trainer, TrainConfig
 
@@ -136,7 +137,7 @@ def build_script_commands(path):
 def test_orin_bundle_has_the_right_trtexec_flags(trained, tiny_data, tmp_path):
     model, spec = trained
     sparse = model_with_2_4(model)
-    artifacts, deploy = export_and_validate(sparse, {**spec, "sparsity_pattern": "2:4", "sparse_layers": ["2.0"]}, tiny_data,
+    artifacts, deploy = export_and_validate(sparse, spec.marked(Sparsity(pattern="2:4", layers=["2.0"])), tiny_data,
                                             FAST, resolve("jetson"), tmp_path)
     bundle = tmp_path / "tensorrt-jetson-orin-nano"
     assert artifacts[-1].status == "bundle" and deploy["bundle"] == str(bundle)
@@ -173,7 +174,7 @@ def model_with_2_4(model):
 def test_no_sparsity_flag_without_the_pattern_or_support(trained, tiny_data, tmp_path, target, sparse):
     model, spec = trained  # `trained` is dense: its 2:4 mark is stale
     model = model_with_2_4(model) if sparse else model
-    export_and_validate(model, {**spec, "sparsity_pattern": "2:4", "sparse_layers": ["2.0"]}, tiny_data, FAST,
+    export_and_validate(model, spec.marked(Sparsity(pattern="2:4", layers=["2.0"])), tiny_data, FAST,
                         resolve(target), tmp_path)
     commands = build_script_commands(next(tmp_path.glob("tensorrt-*")) / "build_engine.sh")
     assert commands and all("--sparsity=enable" not in c for c in commands)

@@ -1,4 +1,4 @@
-"""The meal stage and compress.distill: loss values, discriminator, target cache, end-to-end run, resume, bad input."""
+"""The meal stage and the distillation methods: loss values, discriminator, target cache, end-to-end run, resume, bad input."""
 import dataclasses
 import json
 import math
@@ -11,7 +11,8 @@ from torch import nn
 from compress.cli import main
 from compress.config import DataConfig
 from compress.data import BatchLoader
-from compress.distill import Adversary, Discriminator, TeacherTargets, ensemble_targets, kd_loss
+from compress.methods.distill.adversary import Adversary, Discriminator
+from compress.methods.distill.losses import TeacherTargets, ensemble_targets, kd_loss
 from compress.models import build_model, make_spec
 from compress.stages.meal import MealStage
 from conftest import TINY_DATA, tiny_pipeline

@@ -1,3 +1,4 @@
+import json
 import pickle
 import sys
 
@@ -6,8 +7,11 @@ import torch
 from safetensors.torch import save_file
 
 from compress.checkpoint import load_model_dir, save_model_dir
-from compress.errors import ModelError, UnknownNameError, WeightsError
+from compress.errors import ModelError, RunDirError, UnknownNameError, WeightsError
 from compress.models import MODELS, build_model, load_weights, make_spec
+from compress.methods.pruning.channels import trial
+from compress.models.resize import remove_modules, resize_changes, shape_attrs
+from compress.models.spec import Drop, Resize
 
 
 @pytest.mark.parametrize("arch", MODELS.names())
@@ -125,3 +129,36 @@ def test_mismatched_weights_name_the_tensors(cnn, tmp_path):
 def test_missing_weights_file(cnn, tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         load_weights(cnn, tmp_path / "none.safetensors")
+
+
+def test_a_version_1_spec_folder_still_loads(tmp_path):
+    """Run folders of compress 0.1 wrote the spec as a dict with `resize` and `dropped` keys; they load as version 2."""
+    spec = make_spec("resnet_s", 1, 10, {"widths": [8, 16], "depths": [1, 1]})
+    full = build_model(spec)
+    pruned = trial(full, torch.zeros(1, 1, 28, 28), ["fc"], 0.5, 1)
+    resize = resize_changes(shape_attrs(full), shape_attrs(pruned))
+    remove_modules(pruned, ["blocks.0"])
+    save_model_dir(tmp_path / "m", pruned, spec.then(Resize(modules=resize), Drop(modules=["blocks.0"])), {})
+    meta = json.loads((tmp_path / "m" / "spec.json").read_text())
+    meta["model"] = {"arch": "resnet_s", "in_channels": 1, "num_classes": 10, "kwargs": spec.kwargs, "resize": resize,
+                     "dropped": ["blocks.0"]}
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(meta))
+    loaded, loaded_spec, _ = load_model_dir(tmp_path / "m")
+    assert [t.kind for t in loaded_spec.transforms] == ["resize", "drop"] and loaded_spec.version == 2
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(pruned.eval()(x), loaded.eval()(x))
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"version": 9}, ["spec version 9 is not one this compress reads"]),
+    ({"arch": None}, ["model: arch:"]),
+    ({"transforms": [{"kind": "melt"}]}, ["model: transforms[0]"]),
+])
+def test_a_bad_spec_json_names_the_problem(tmp_path, change, words):
+    spec = make_spec("cnn_s", 1, 10)
+    save_model_dir(tmp_path / "m", build_model(spec), spec, {})
+    meta = json.loads((tmp_path / "m" / "spec.json").read_text())
+    meta["model"] = {k: v for k, v in {**meta["model"], **change}.items() if v is not None}
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(meta))
+    message = str(pytest.raises(RunDirError, load_model_dir, tmp_path / "m").value)
+    assert all(w in message for w in words) and "delete" in message, message

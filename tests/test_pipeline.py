@@ -112,3 +112,12 @@ def test_runs_are_reproducible_from_the_seed(write_pipeline, tmp_path):
     assert digests[0] == digests[1]
     run(write_pipeline(tiny_pipeline(seed=1), "seed1.yaml"), tmp_path / "c")
     assert json.loads((tmp_path / "c" / "stages" / "01-train" / "spec.json").read_text())["files"]["weights.safetensors"] != digests[0]
+
+
+def test_an_impossible_setting_in_a_later_stage_fails_before_the_first_one_trains(write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    stages = [*TWO_STAGES, {"type": "prune", "include": ["blocks.*"]}]
+    assert run(write_pipeline(tiny_pipeline(stages=stages)), run_dir) == 2
+    err = capsys.readouterr().err
+    assert "stage 'prune': include[0] 'blocks.*' matches no conv or linear layer" in err and "Traceback" not in err
+    assert not (run_dir / "stages" / "01-train").exists()

@@ -7,17 +7,19 @@ import pytest
 import torch
 from torch import nn
 
-from compress.block_dropping import choose_blocks, droppable_blocks
-from compress.channel_pruning import check_rebuilds, trial
 from compress.checkpoint import load_model_dir, save_model_dir
 from compress.cli import main
-from compress.pipeline_file import load_pipeline
 from compress.errors import ConfigError, ModelError
+from compress.methods.pruning.blocks import choose_blocks, droppable_blocks
+from compress.methods.pruning.channels import check_rebuilds, trial
+from compress.methods.pruning.masks import MaskPruning, follows_nm, layers_in_order, nm_violations
+from compress.methods.pruning.schedule import ScheduleConfig, schedule, sparsity_at
 from compress.metrics import count_macs, layer_costs
 from compress.models import MODELS, build_model, make_spec
 from compress.models.resize import apply_resize, resize_changes, shape_attrs
-from compress.pruning import MaskPruning, follows_nm, layers_in_order, nm_violations, schedule, sparsity_at
-from compress.stages.prune import PruneConfig, PruneStage, ScheduleConfig
+from compress.models.spec import ModelSpec, Resize
+from compress.pipeline_file import load_pipeline
+from compress.stages.prune import PruneConfig, PruneStage
 from compress.targets.cost import estimate_latency_ms
 from compress.training import Callback, Trainer, TrainConfig
 from conftest import tiny_pipeline
@@ -25,6 +27,20 @@ from conftest import tiny_pipeline
 RESNET = make_spec("resnet_s", 1, 10, {"widths": [8, 16], "depths": [1, 1]})
 RESNET16 = make_spec("resnet_s", 1, 10, {"widths": [16, 32], "depths": [1, 1]})  # room for channel alignment 8
 CNN = make_spec("cnn_s", 1, 10, {"channels": [8, 16]})  # layers 0.0, 2.0, 5
+
+
+def resized(spec: ModelSpec) -> dict:
+    """Every module shape the spec's resize transforms record, merged."""
+    return {k: v for t in spec.transforms if t.kind == "resize" for k, v in t.modules.items()}
+
+
+def dropped(spec: ModelSpec) -> list[str]:
+    return [name for t in spec.transforms if t.kind == "drop" for name in t.modules]
+
+
+def kinds(spec_json: dict) -> list[str]:
+    """The kinds of the transforms a spec in report.json records, in order."""
+    return [t["kind"] for t in spec_json["transforms"]]
 
 
 class Branchy(nn.Module):
@@ -188,7 +204,7 @@ def test_nm_checker():
 def test_nm_pruning_ends_in_the_2_4_pattern_and_marks_the_spec(ctx):
     model, result = prune(ctx, RESNET, method="nm", schedule={"frequency": 3, "end": 0.75})
     m = result.metrics
-    assert m["sparsity_pattern"] == "2:4" and m["nm_violations"] == [] and result.spec["sparsity_pattern"] == "2:4"
+    assert m["sparsity_pattern"] == "2:4" and m["nm_violations"] == [] and result.spec.sparsity.pattern == "2:4"
     assert m["schedule"][-1] == [6, 0.5] and {m["layer_sparsity"][name] for name in m["scope"]} == {0.5}
     for name in m["scope"]:
         assert follows_nm(model.get_submodule(name).weight, 2, 4)
@@ -202,7 +218,7 @@ def test_channel_pruning_reaches_the_macs_target_and_rebuilds_without_pickle(ctx
     assert 0.45 <= m["macs_ratio"] <= 0.5 and m["goal"] == {"key": "target_macs", "value": 0.5, "reached": m["macs_ratio"]}
     assert [t for t, _ in m["schedule"]] == [2, 4, 6] and m["schedule"][-1][1] == m["channel_ratio"]
     assert m["layer_sparsity"]["fc"] == 0.0 and model.fc.out_features == 10
-    assert result.spec["resize"]["stem.0"]["out_channels"] < 16
+    assert resized(result.spec)["stem.0"]["out_channels"] < 16
     save_model_dir(tmp_path / "ckpt", model, result.spec, {})
     rebuilt, rebuilt_spec, _ = load_model_dir(tmp_path / "ckpt")
     x = ctx.data.val.x[:8]
@@ -215,9 +231,9 @@ def test_every_built_in_model_can_be_channel_pruned_and_rebuilt(arch):
     model = build_model(spec)
     output_layer = list(layers_in_order(model, (1, 28, 28)))[-1:]
     pruned = trial(model, torch.zeros(1, 1, 28, 28), output_layer, 0.5, 8)
-    resized = {**spec, "resize": resize_changes(shape_attrs(model), shape_attrs(pruned))}
-    check_rebuilds(pruned, resized)
-    build_model(resized).load_state_dict(pruned.state_dict())
+    resized_spec = spec.then(Resize(modules=resize_changes(shape_attrs(model), shape_attrs(pruned))))
+    check_rebuilds(pruned, resized_spec)
+    build_model(resized_spec).load_state_dict(pruned.state_dict())
     assert count_macs(pruned, (1, 28, 28)) < 0.5 * count_macs(model, (1, 28, 28))
 
 
@@ -243,7 +259,7 @@ def test_channel_pruning_of_a_user_model_with_branches(ctx, tmp_path, importance
     spec = make_spec("python:test_prune:branchy", 1, 10)
     model, result = prune(ctx, spec, method="channel", final_sparsity=0.5, importance=importance, round_to=2,
                           schedule={"kind": "one_shot"})
-    resize = result.spec["resize"]
+    resize = resized(result.spec)
     assert resize["grouped.0"]["groups"] == 2 and resize["depthwise.0"]["groups"] == resize["depthwise.0"]["out_channels"] == 8
     assert model.fc.out_features == 10 and "fc" not in resize or resize["fc"] == {"in_features": 16, "out_features": 10}
     if importance != "bn_scale":  # bn_scale ranks only channels that feed a batch norm: the hidden linear layer stays
@@ -264,9 +280,9 @@ def test_resize_round_trip_and_errors():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert set(resize_changes(before, shape_attrs(model))) == {"0.0", "0.1", "2.0"}
     with pytest.raises(ModelError, match="spec resize: the model has no module 'nope'"):
-        build_model({**CNN, "resize": {"nope": {"out_channels": 1}}})
+        build_model(CNN.then(Resize(modules={"nope": {"out_channels": 1}})))
     with pytest.raises(ModelError, match=r"'1' \(MaxPool2d\) has no resizable attribute"):
-        build_model({**CNN, "resize": {"1": {"kernel_size": 3}}})
+        build_model(CNN.then(Resize(modules={"1": {"kernel_size": 3}})))
 
 
 
@@ -320,7 +336,7 @@ def test_a_dropped_block_fades_on_the_schedule_and_is_gone_from_model_and_spec(c
         result = stage.run(model, RESNET16, ctx)
     assert result.metrics["dropped_blocks"] == ["blocks.0"] and isinstance(model.blocks[0], nn.Identity)
     assert gates == pytest.approx([(1 - t / 6) ** 3 for t in range(7)] + [0.0])  # cubic, reaching 0 at step 6 of 8
-    assert result.spec["dropped"] == ["blocks.0"] and result.metrics["layer_sparsity"]["blocks.0.conv2"] == 1.0
+    assert dropped(result.spec) == ["blocks.0"] and result.metrics["layer_sparsity"]["blocks.0.conv2"] == 1.0
     assert 0.25 <= count_macs(model, (1, 28, 28)) / full_macs <= 0.3 == result.metrics["goal"]["value"]  # dropping alone: 0.42
     assert model.stem[0].out_channels < 16
     save_model_dir(tmp_path / "ckpt", model, result.spec, {})
@@ -396,16 +412,16 @@ def test_errors_that_need_the_model_come_before_training(ctx, spec, keys, words)
 # --- end to end ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("prune, check", [
-    ({"method": "channel", "target_macs": 0.5}, lambda report, m: m["macs_ratio"] <= 0.5 and report["model"]["resize"]),
+    ({"method": "channel", "target_macs": 0.5}, lambda report, m: m["macs_ratio"] <= 0.5 and kinds(report["model"]) == ["resize"]),
     ({"method": "channel", "target_macs": 0.3, "drop_blocks": ["blocks.0"]},
-     lambda report, m: m["macs_ratio"] <= 0.3 and report["model"]["dropped"] == m["dropped_blocks"] == ["blocks.0"]
+     lambda report, m: m["macs_ratio"] <= 0.3 and kinds(report["model"]) == ["resize", "drop"] and m["dropped_blocks"] == ["blocks.0"]
      and report["artifacts"][0]["status"] == "ok"),
-    ({"method": "nm"}, lambda report, m: m["sparsity_pattern"] == report["model"]["sparsity_pattern"] == "2:4"),
+    ({"method": "nm"}, lambda report, m: m["sparsity_pattern"] == report["model"]["sparsity"]["pattern"] == "2:4"),
 ])
 def test_train_then_prune_through_the_cli(write_pipeline, tmp_path, prune, check):
     stages = [{"type": "train", "epochs": 1, "lr": 0.05},
               {"type": "prune", "epochs": 1, "schedule": {"frequency": 2, "end": 0.75}, **prune}]
-    path = write_pipeline(tiny_pipeline(model={"arch": "resnet_s", "kwargs": RESNET16["kwargs"]}, stages=stages))
+    path = write_pipeline(tiny_pipeline(model={"arch": "resnet_s", "kwargs": RESNET16.kwargs}, stages=stages))
     run = [str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]
     assert main(run) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())

@@ -83,3 +83,27 @@ def test_weight_decay_skips_biases_and_norms(ctx, optimizer):
     decay, other = trainer.optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() > 1 for p in decay["params"])
     assert other["weight_decay"] == 0.0 and all(p.dim() == 1 for p in other["params"])
+
+
+def test_a_step_function_runs_several_forward_passes_per_batch(ctx):
+    """A stage that trains several sub-networks per batch plugs a whole step into the one loop: here the model on the
+    batch and on a noisy copy, the loss their mean; the logits it returns give the reported train accuracy."""
+    model, calls, batches = small_model(), [], []
+    model.register_forward_hook(lambda *_: calls.append(1))
+
+    class Seen(Callback):
+        def on_batch_start(self, trainer, batch):
+            batches.append(len(batch.y))
+
+    def two_views(forward, batch):
+        logits = forward(batch.x)
+        noisy = forward(batch.x + 0.1 * torch.randn_like(batch.x))
+        loss = (torch.nn.functional.cross_entropy(logits, batch.y) + torch.nn.functional.cross_entropy(noisy, batch.y)) / 2
+        return loss, logits
+
+    trainer = Trainer(model, TrainConfig(epochs=3, optimizer="adam", lr=0.01), ctx, step_fn=two_views, callbacks=[Seen()])
+    history = trainer.fit()
+    steps = trainer.steps_per_epoch * 3
+    assert len(batches) == steps and sum(batches) == 3 * 256
+    assert len(calls) == 2 * steps + 3  # two per step, one per epoch's validation pass (one batch of 256)
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and 0 < history[-1]["train_accuracy"] <= 1

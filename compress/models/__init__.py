@@ -13,25 +13,24 @@ from torch import nn
 
 from ..errors import ModelError, WeightsError, shown
 from ..registry import Registry
-from .resize import apply_resize, remove_modules
+from .spec import ModelSpec
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
 ADAPTERS: Registry[Callable[..., nn.Module]] = Registry("model source")  # prefix before ':' in an arch reference
 
 
-def make_spec(arch: str, in_channels: int, num_classes: int, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON spec from which `build_model` rebuilds an architecture without pickle."""
-    return {"arch": arch, "in_channels": in_channels, "num_classes": num_classes, "kwargs": dict(kwargs or {})}
+def make_spec(arch: str, in_channels: int, num_classes: int, kwargs: dict[str, Any] | None = None) -> ModelSpec:
+    """The spec from which `build_model` rebuilds an architecture without pickle."""
+    return ModelSpec(arch=arch, in_channels=in_channels, num_classes=num_classes, kwargs=dict(kwargs or {}))
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build an untrained model from a spec: a registered name, or 'torchvision:', 'timm:', 'python:' references;
-    spec["resize"] (written by structural pruning) then gives the named modules their pruned shapes, and
-    spec["dropped"] (written by block dropping) replaces the named modules with the identity."""
-    arch, kwargs = spec["arch"], dict(spec.get("kwargs", {}))
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build an untrained model from a spec: a registered name, or a 'torchvision:', 'timm:', 'python:' reference,
+    then each recorded transform (pruned shapes, dropped blocks, ...) in order."""
+    arch, kwargs = spec.arch, spec.kwargs
     source, _, ref = arch.partition(":")
-    args = dict(in_channels=spec["in_channels"], num_classes=spec["num_classes"], **kwargs)
     builder = ADAPTERS.get(source) if ref else MODELS.get(arch)
+    args = dict(kwargs, in_channels=spec.in_channels, num_classes=spec.num_classes)
     try:
         model = builder(ref, **args) if ref else builder(**args)
     except ModelError:
@@ -43,9 +42,9 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {arch!r}: the builder returned {type(model).__name__}, not a torch.nn.Module")
-    if spec.get("resize"):
-        apply_resize(model, spec["resize"])
-    return remove_modules(model, spec.get("dropped", []))
+    for transform in spec.transforms:
+        model = transform.apply(model)
+    return model
 
 
 @ADAPTERS.register("python")

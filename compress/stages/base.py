@@ -1,4 +1,5 @@
-"""Stage base class, its result, and the stage registry."""
+"""Stage base class, its result, and the stage registry. Stage modules import torch and the methods they use inside
+`check` and `run`, so that a pipeline file is validated without importing torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..context import RunContext
+    from ..models import ModelSpec
 
 
 class StageConfig(Strict):
@@ -32,26 +34,49 @@ def stage_label(config: StageConfig) -> str:
 
 
 @dataclass
-class StageResult:
-    """What a stage hands on: the model, its rebuild spec if the architecture changed, metrics, and extra variants."""
+class Variant:
+    """A model a stage hands on besides its primary one: a sub-network, an assembled model, a student."""
 
     model: nn.Module
-    spec: Optional[dict[str, Any]] = None  # None: the architecture is unchanged
+    spec: ModelSpec
     metrics: dict[str, Any] = field(default_factory=dict)
-    variants: dict[str, tuple[nn.Module, dict[str, Any]]] = field(default_factory=dict)  # name -> (model, spec)
+
+
+@dataclass
+class StageResult:
+    """What a stage hands on: the primary model, its rebuild spec if the architecture changed, metrics, and the other
+    models of its family by name (each checkpointed, reported and exportable like the primary one)."""
+
+    model: nn.Module
+    spec: Optional[ModelSpec] = None  # None: the architecture is unchanged
+    metrics: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
 
 
 class Stage:
-    """One unit of work in a pipeline: a `type` name, a typed `Config`, and `run(model, ctx)`."""
+    """One unit of work in a pipeline: a `type` name, a typed `Config`, `check` before any stage runs, and `run`."""
 
     type: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
-    uses_target: ClassVar[bool] = False  # True when the result depends on the target profile
+    example: ClassVar[dict[str, Any]]  # a small working entry: the README's example and the contract test's stage
+    variant_per_target: ClassVar[bool] = False  # True: given several targets, it makes a variant for each
 
     def __init__(self, config: StageConfig):
         self.config = config
 
-    def run(self, model: nn.Module, spec: dict[str, Any], ctx: RunContext) -> StageResult:
+    @property
+    def label(self) -> str:
+        return stage_label(self.config)
+
+    def target_dependence(self) -> Optional[str]:
+        """Why the result depends on the target profile (it then enters the resume hash), or None when it does not."""
+        return None
+
+    def check(self, model: nn.Module, spec: ModelSpec, ctx: RunContext) -> None:
+        """Raise a CompressError for a setting that cannot work with the model the run starts from, the data or the
+        target; called for every stage before the first one trains."""
+
+    def run(self, model: nn.Module, spec: ModelSpec, ctx: RunContext) -> StageResult:
         """Transform `model` (built from `spec`); write only inside `ctx.stage_dir`."""
         raise NotImplementedError
 

@@ -1,68 +1,23 @@
-"""`type: prune` — gradual pruning (Zhu & Gupta) during fine-tuning: unstructured magnitude, N:M (2:4) or whole channels."""
+"""`type: prune` — gradual pruning (Zhu & Gupta) during fine-tuning: unstructured magnitude, N:M (2:4) or whole channels
+(and blocks). The mechanics are in `methods/pruning` and `methods/budget.py`; this file holds the settings and the glue."""
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
-import torch
 from pydantic import Field, PositiveFloat, field_validator, model_validator
-from torch import nn
 
-from ..block_dropping import BlockDropping, choose_blocks, droppable_blocks, nested
-from ..channel_pruning import MAX_RATIO, ChannelPruning, check_rebuilds, make_pruner, ratio_for, trial
-from ..config import Count, Natural, Strict
-from ..context import RunContext
-from ..errors import ConfigError
-from ..metrics import count_macs, layer_costs
-from ..models.resize import remove_modules, resize_changes, shape_attrs
-from ..pruning import MaskPruning, layer_sparsity, layers_in_order, nm_eligible, nm_violations, schedule, select, sparsity_at
-from ..targets.cost import estimate_latency_ms
-from ..training import TrainConfig, Trainer
+from ..config import Count, TrainConfig
+from ..errors import ConfigError, shown
+from ..methods.pruning.schedule import ScheduleConfig
 from .base import Stage, StageConfig, StageResult, register_stage
 
 METHOD_KEYS = {"target_macs": "channel", "target_latency_ms": "channel", "importance": "channel", "round_to": "channel",
                "drop_blocks": "channel", "global_ranking": "magnitude", "pattern": "nm"}  # keys that apply to one method only
 
 
-class ScheduleConfig(Strict):
-    """When pruning happens: from `start` to `end`, every `frequency` training steps."""
-
-    kind: Literal["cubic", "linear", "one_shot"] = Field("cubic", description="cubic: Zhu & Gupta; one_shot: all at `start`, then fine-tune")
-    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="sparsity set at the first pruning step")
-    start: float = Field(0.0, description="first pruning step, as a fraction of the stage's training steps")
-    end: float = Field(0.3, description="step where the final sparsity is reached, as a fraction (1 = the last step); the rest "
-                                        "of the stage recovers accuracy")
-    start_step: Optional[Natural] = Field(None, description="first pruning step as a step number; replaces `start`")
-    end_step: Optional[Count] = Field(None, description="last pruning step as a step number; replaces `end`")
-    frequency: Count = Field(50, description="training steps between pruning steps")
-
-    @field_validator("start", "end")
-    @classmethod
-    def _fraction(cls, v: float) -> float:
-        if not 0 <= v <= 1:
-            raise ValueError(f"must be a fraction of the stage's training steps in [0, 1] (1 = the end of training), got {v}; "
-                             f"use start_step/end_step for step numbers")
-        return v
-
-    @model_validator(mode="after")
-    def _order(self) -> "ScheduleConfig":
-        if self.kind != "one_shot" and self.start_step is None and self.end_step is None and self.start >= self.end:
-            raise ValueError(f"start ({self.start}) must come before end ({self.end})")
-        return self
-
-    def steps(self, total: int) -> tuple[int, int]:
-        """(start, end) as step numbers of a stage that trains for `total` steps (one_shot: both are its one step)."""
-        start = self.start_step if self.start_step is not None else round(self.start * total)
-        end = start if self.kind == "one_shot" else self.end_step if self.end_step is not None else round(self.end * total)
-        if end > total:
-            raise ConfigError(f"schedule ends at step {end}, after training ends (step {total}); lower start_step/end_step or add epochs")
-        if self.kind != "one_shot" and start >= end:
-            raise ConfigError(f"schedule starts at step {start}, not before its end at step {end}")
-        return start, end
-
-
 class PruneConfig(StageConfig, TrainConfig):
-    type: Literal["prune"] = "prune"
+    type: Literal["prune"] = Field("prune", description="the stage's registered name")
     method: Literal["magnitude", "nm", "channel"] = Field(
         "magnitude", description="magnitude: unstructured weights; nm: N:M semi-structured (TensorRT 2:4); channel: whole channels")
     final_sparsity: Optional[float] = Field(
@@ -106,7 +61,7 @@ class PruneConfig(StageConfig, TrainConfig):
     def _pattern(cls, v: str) -> str:
         n, _, m = v.partition(":")
         if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
-            raise ValueError(f"must be 'N:M' with 0 < N < M, e.g. '2:4', got {v!r}")
+            raise ValueError(f"must be 'N:M' with 0 < N < M, e.g. '2:4', got {shown(v)}")
         return v
 
     @model_validator(mode="after")
@@ -141,13 +96,44 @@ class PruneConfig(StageConfig, TrainConfig):
         return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields) - {"schedule"}), schedule=self.lr_schedule)
 
 
+@dataclass
+class Plan:
+    """What a prune stage works on, worked out (and checked) before it trains: layers in forward order, the layers in
+    scope, and the stage's length in training steps."""
+
+    layers: dict[str, Any]
+    scope: list[str]
+    total_steps: int
+
+
 @register_stage
 class PruneStage(Stage):
     type = "prune"
     Config = PruneConfig
-    uses_target = True  # channel counts follow the target's alignment; latency goals use its cost model
+    example = {"type": "prune", "method": "channel", "target_macs": 0.25, "drop_blocks": 1,
+               "schedule": {"kind": "cubic", "start": 0.0, "end": 0.3, "frequency": 50}, "importance": "l2", "epochs": 3}
 
-    def run(self, model: nn.Module, spec: dict[str, Any], ctx: RunContext) -> StageResult:
+    def target_dependence(self) -> Optional[str]:
+        cfg = self.config
+        if cfg.method != "channel":
+            return None
+        if cfg.target_latency_ms is not None:
+            return "its latency goal is estimated by the target's cost model"
+        if isinstance(cfg.drop_blocks, int):
+            return "it drops the blocks with the highest estimated latency on the target (name the blocks instead)"
+        if cfg.round_to is None:
+            return "its channel counts round to the target's channel_alignment (set round_to)"
+        return None
+
+    def check(self, model, spec, ctx) -> None:
+        self.plan(model, ctx)
+
+    def plan(self, model, ctx) -> Plan:
+        """Layers, scope and schedule; a pattern that matches nothing or a schedule that does not fit is a ConfigError."""
+        from ..methods.pruning.blocks import blocks_to_drop
+        from ..methods.pruning.masks import layers_in_order, nm_eligible, select
+        from ..training import make_loader
+
         cfg = self.config
         try:
             layers = layers_in_order(model, ctx.data.input_shape)
@@ -156,119 +142,95 @@ class PruneStage(Stage):
             scope = select(names, cfg.include, default if cfg.exclude is None else cfg.exclude)
             if not scope:
                 raise ConfigError("include/exclude leave no conv or linear layer to prune")
-            trainer = Trainer(model, cfg.train_config(), ctx)
-            steps = cfg.schedule.steps(trainer.total_steps)
-            prune = self.prune_channels if cfg.method == "channel" else self.prune_weights
-            return prune(model, spec, ctx, trainer, layers, scope, steps)
+            if cfg.method == "nm" and not any(nm_eligible(layers[n].weight, cfg.nm[1]) for n in scope):
+                raise ConfigError(f"no layer in scope can hold the {cfg.pattern} pattern (input channels must be a multiple "
+                                  f"of {cfg.nm[1]})")
+            total = len(make_loader(ctx)) * cfg.epochs
+            cfg.schedule.steps(total)
+            if cfg.drop_blocks:
+                blocks_to_drop(model, ctx.data.input_shape, cfg.drop_blocks, ctx.target)
+            if cfg.target_latency_ms is not None:
+                self.goal(model, ctx)
+        except ConfigError as e:
+            raise ConfigError(f"stage {ctx.stage_name!r}: {e}") from None
+        return Plan(layers, scope, total)
+
+    def goal(self, model, ctx):
+        """The MACs or latency goal of the channel search, or None for a plain channel ratio."""
+        from ..methods.budget import macs_goal, target_goal
+
+        cfg, shape = self.config, ctx.data.input_shape
+        if cfg.target_macs is not None:
+            return macs_goal(cfg.target_macs, model, shape)
+        if cfg.target_latency_ms is not None:
+            return target_goal(cfg.target_latency_ms, ctx.target, shape)
+        return None
+
+    def run(self, model, spec, ctx) -> StageResult:
+        from ..training import Trainer
+
+        plan = self.plan(model, ctx)
+        trainer = Trainer(model, self.config.train_config(), ctx)
+        prune = self.prune_channels if self.config.method == "channel" else self.prune_weights
+        try:
+            return prune(model, spec, ctx, trainer, plan)
         except ConfigError as e:
             raise ConfigError(f"stage {ctx.stage_name!r}: {e}") from None
 
-    def events(self, final: float, steps: tuple[int, int]) -> list[tuple[int, float]]:
-        """The schedule's pruning steps that prune something: (step, sparsity)."""
-        s = self.config.schedule
-        return [(t, v) for t, v in schedule(s.kind, s.initial_sparsity, final, *steps, s.frequency) if v > 0]
+    def prune_weights(self, model, spec, ctx, trainer, plan: Plan) -> StageResult:
+        from ..methods.pruning.masks import MaskPruning, layer_sparsity, nm_eligible, nm_violations
+        from ..models.spec import Sparsity
 
-    def prune_weights(self, model, spec, ctx, trainer: Trainer, layers: dict[str, nn.Module], scope: list[str], steps) -> StageResult:
         cfg = self.config
         nm = cfg.nm if cfg.method == "nm" else None
-        chosen = {name: layers[name] for name in scope if nm is None or nm_eligible(layers[name].weight, nm[1])}
-        if not chosen:
-            raise ConfigError(f"no layer in scope can hold the {cfg.pattern} pattern (input channels must be a multiple of {nm[1]})")
-        callback = MaskPruning(chosen, self.events(cfg.sparsity, steps), cfg.global_ranking, nm)
+        chosen = {n: plan.layers[n] for n in plan.scope if nm is None or nm_eligible(plan.layers[n].weight, nm[1])}
+        callback = MaskPruning(chosen, cfg.schedule.events(cfg.sparsity, plan.total_steps), cfg.global_ranking, nm)
         trainer.callbacks.append(callback)
         history = trainer.fit()
         metrics = {"method": cfg.method, "scope": list(chosen), "schedule": callback.applied,
-                   "layer_sparsity": layer_sparsity(layers), "history": history}
+                   "layer_sparsity": layer_sparsity(plan.layers), "history": history}
         if not nm:
             return StageResult(model=model, metrics=metrics)
         violations = nm_violations(chosen, *nm)
         metrics.update(sparsity_pattern=None if violations else cfg.pattern, nm_violations=violations)
-        marked = {**spec, "sparsity_pattern": cfg.pattern, "sparse_layers": [n for n, m in chosen.items() if nm_eligible(m.weight, nm[1])]}
-        return StageResult(model=model, spec=None if violations else marked, metrics=metrics)
+        return StageResult(model=model, metrics=metrics,
+                           spec=None if violations else spec.marked(Sparsity(pattern=cfg.pattern, layers=list(chosen))))
 
-    def prune_channels(self, model, spec, ctx, trainer: Trainer, layers: dict[str, nn.Module], scope: list[str], steps) -> StageResult:
-        cfg, shape, names = self.config, ctx.data.input_shape, list(layers)
+    def prune_channels(self, model, spec, ctx, trainer, plan: Plan) -> StageResult:
+        import torch
+
+        from ..metrics import count_macs
+        from ..methods.pruning.blocks import BlockDropping, blocks_to_drop
+        from ..methods.pruning.channels import ChannelPruning, channel_sparsity, check_rebuilds, make_pruner, shapes_for
+        from ..models.resize import resize_changes, shape_attrs
+        from ..models.spec import Drop, Resize
+
+        cfg, shape = self.config, ctx.data.input_shape
         example = torch.zeros(1, *shape, device=ctx.device)
-        ignored = [n for n in names if n not in scope]
+        ignored = [n for n in plan.layers if n not in plan.scope]
         round_to = cfg.round_to or (ctx.target.channel_alignment if ctx.target else 1)
         before, base_macs = shape_attrs(model), count_macs(model, shape)
-        dropped = self.blocks_to_drop(model, ctx) if cfg.drop_blocks else []
-        # the channel ratio is searched on the model without the dropped blocks: the shapes it ends with
-        shallow = remove_modules(copy.deepcopy(model), dropped)
-        kept_ignored = [n for n in ignored if not any(nested(n, d) for d in dropped)]
-        goal = self.goal(ctx, base_macs)
-        if goal is None:
-            ratio = cfg.sparsity
-            pruned = trial(shallow, example, kept_ignored, ratio, round_to)
-        else:
-            key, measure, value = goal
-            ratio, pruned = ratio_for(shallow, example, kept_ignored, round_to, measure, value)
-            if measure(pruned) > value:
-                raise ConfigError(f"{key} {value:g} cannot be reached: removing {MAX_RATIO:.0%} of each layer's channels still "
-                                  f"gives {measure(pruned):.4g}; the excluded layers and alignment to {round_to} channels set the floor")
-            if cfg.schedule.initial_sparsity > ratio:
-                raise ConfigError(f"schedule.initial_sparsity {cfg.schedule.initial_sparsity} is above the channel ratio "
-                                  f"{ratio:.3f} that {key} {value:g} needs")
-        changes = resize_changes(before, shape_attrs(pruned))
-        if ratio > 0 and not changes and not dropped:
-            raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
-                              f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
-        resized = {k: v for k, v in spec.items() if k not in ("sparsity_pattern", "sparse_layers")}
-        resized["resize"] = {**spec.get("resize", {}), **changes}
-        if dropped:
-            resized["dropped"] = [*spec.get("dropped", []), *dropped]
-        check_rebuilds(pruned, resized)
+        dropped = blocks_to_drop(model, shape, cfg.drop_blocks, ctx.target) if cfg.drop_blocks else []
+        goal = self.goal(model, ctx)
+        ratio, pruned = shapes_for(model, example, ignored, dropped, round_to, goal, cfg.sparsity)
+        if goal is not None and cfg.schedule.initial_sparsity > ratio:
+            raise ConfigError(f"schedule.initial_sparsity {cfg.schedule.initial_sparsity} is above the channel ratio "
+                              f"{ratio:.3f} that {goal.key} {goal.value:g} needs")
+        check_rebuilds(pruned, spec.then(Resize(modules=resize_changes(before, shape_attrs(pruned))), Drop(modules=dropped)))
         if dropped:  # the blocks fade out on the channels' schedule, from 1 (kept) to 0 (gone)
-            kind = cfg.schedule.kind
-            trainer.callbacks.append(BlockDropping(model, dropped, lambda step: 1.0 - sparsity_at(step, kind, 0.0, 1.0, *steps)))
-        events, applied = self.events(ratio, steps), []
+            done = cfg.schedule.ramp(plan.total_steps)
+            trainer.callbacks.append(BlockDropping(model, dropped, lambda step: 1.0 - done(step)))
+        events, applied = cfg.schedule.events(ratio, plan.total_steps), []
         if events:
-            callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], cfg.importance, round_to), events)
-            trainer.callbacks.append(callback)
+            pruner = make_pruner(model, example, ignored, [v for _, v in events], cfg.importance, round_to)
+            trainer.callbacks.append(callback := ChannelPruning(pruner, events))
             applied = callback.applied
         history = trainer.fit()
         after = shape_attrs(model)
-        resized["resize"] = {**spec.get("resize", {}), **resize_changes(before, after)}
-        metrics = {"method": "channel", "scope": scope, "schedule": applied, "channel_ratio": ratio, "round_to": round_to,
+        metrics = {"method": "channel", "scope": plan.scope, "schedule": applied, "channel_ratio": ratio, "round_to": round_to,
                    "dropped_blocks": dropped, "macs_ratio": count_macs(model, shape) / base_macs,
-                   "layer_sparsity": {n: 1 - width(after[n]) / width(before[n]) if n in after else 1.0 for n in names},
-                   "history": history}
+                   "layer_sparsity": channel_sparsity(before, after, list(plan.layers)), "history": history}
         if goal is not None:
-            metrics["goal"] = {"key": goal[0], "value": goal[2], "reached": goal[1](model)}
-        return StageResult(model=model, spec=resized, metrics=metrics)
-
-    def blocks_to_drop(self, model: nn.Module, ctx: RunContext) -> list[str]:
-        """The blocks `drop_blocks` names, or that many of the droppable ones with the highest estimated latency on the
-        target (most MACs without a target)."""
-        shape, target = ctx.data.input_shape, ctx.target
-        costs = layer_costs(model, shape)
-
-        def cost(block: str) -> float:
-            inside = [c for c in costs if nested(c.name, block)]
-            if target is None:
-                return sum(c.macs for c in inside)
-            return estimate_latency_ms(inside, target.preferred_precisions[0], target)
-
-        return choose_blocks(droppable_blocks(model, shape), self.config.drop_blocks, cost)
-
-    def goal(self, ctx: RunContext, base_macs: int):
-        """(key, measure(model), value) for a MACs or latency target; None for a plain channel ratio."""
-        cfg, shape = self.config, ctx.data.input_shape
-        if cfg.target_macs is not None:
-            return "target_macs", lambda m: count_macs(m, shape) / base_macs, cfg.target_macs
-        if cfg.target_latency_ms is None:
-            return None
-        target = ctx.target
-        if target is None:
-            raise ConfigError("target_latency_ms needs a target profile")
-        value = target.budgets.latency_ms if cfg.target_latency_ms == "budget" else cfg.target_latency_ms
-        if value is None:
-            raise ConfigError(f"target_latency_ms: budget: target {target.name} has no latency budget; give milliseconds")
-        precision = target.preferred_precisions[0]
-        measure = lambda m: estimate_latency_ms(layer_costs(m, shape), precision, target)  # noqa: E731
-        return "target_latency_ms", measure, value
-
-
-def width(attrs: dict[str, int]) -> int:
-    """Output width of a conv or linear layer from its shape attributes."""
-    return attrs.get("out_channels", attrs.get("out_features"))
+            metrics["goal"] = {"key": goal.key, "value": goal.value, "reached": goal.measure(model)}
+        return StageResult(model=model, spec=spec.then(Resize(modules=resize_changes(before, after)), Drop(modules=dropped)),
+                           metrics=metrics)

@@ -1,22 +1,24 @@
 """`type: train` — train from scratch or fine-tune with the shared loop."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from torch import nn
+from pydantic import Field
 
-from ..context import RunContext
-from ..training import TrainConfig, Trainer
+from ..config import TrainConfig
 from .base import Stage, StageConfig, StageResult, register_stage
 
 
 @register_stage
 class TrainStage(Stage):
     type = "train"
+    example = {"type": "train", "epochs": 2, "optimizer": "sgd", "lr": 0.1}
 
     class Config(StageConfig, TrainConfig):
-        type: Literal["train"] = "train"
+        type: Literal["train"] = Field("train", description="the stage's registered name")
 
-    def run(self, model: nn.Module, spec: dict[str, Any], ctx: RunContext) -> StageResult:
+    def run(self, model, spec, ctx) -> StageResult:
+        from ..training import Trainer
+
         history = Trainer(model, self.config, ctx).fit()
         return StageResult(model=model, metrics={"history": history})

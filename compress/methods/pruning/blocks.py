@@ -4,16 +4,19 @@ g falls from 1 to 0 on the stage's schedule, and at g = 0 the block is exactly t
 what channel pruning cannot take away: a high-resolution block keeps its cost per channel however narrow it becomes."""
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from .errors import ConfigError
-from .metrics import forward_with_hooks
-from .models.resize import remove_modules
-from .training import Callback, Trainer
+from ...errors import ConfigError
+from ...metrics import forward_with_hooks, layer_costs
+from ...models.resize import remove_modules
+from ...training import Callback, Trainer
+
+if TYPE_CHECKING:
+    from ...targets import TargetProfile
 
 
 def droppable_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
@@ -51,6 +54,23 @@ def choose_blocks(candidates: list[str], request: Union[int, list[str]], cost: C
     if clash:
         raise ConfigError(f"drop_blocks: {clash[0][0]!r} and {clash[0][1]!r} are nested; name one of them")
     return list(request)
+
+
+def blocks_to_drop(model: nn.Module, input_shape: tuple[int, ...], request: Union[int, list[str]],
+                   target: Optional[TargetProfile]) -> list[str]:
+    """The blocks `request` names, or that many of the droppable ones with the highest estimated latency on `target`
+    (the most MACs without a target)."""
+    from ...targets.cost import estimate_latency_ms
+
+    costs = layer_costs(model, input_shape)
+
+    def cost(block: str) -> float:
+        inside = [c for c in costs if nested(c.name, block)]
+        if target is None:
+            return sum(c.macs for c in inside)
+        return estimate_latency_ms(inside, target.preferred_precisions[0], target)
+
+    return choose_blocks(droppable_blocks(model, input_shape), request, cost)
 
 
 def nested(a: str, b: str) -> bool:

@@ -3,17 +3,20 @@ concatenations, depthwise and grouped convolutions) are removed together, so the
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Optional
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from .data import Batch
-from .errors import ConfigError
-from .models import build_model
-from .pruning import Event
-from .training import Callback, Trainer
+from ...data import Batch
+from ...errors import ConfigError
+from ...models import ModelSpec, build_model
+from ...models.resize import remove_modules, shape_attrs
+from ...training import Callback, Trainer, evaluating
+from ..budget import MAX_RATIO, Goal, smallest_ratio
+from .blocks import nested
+from .schedule import Event
 
 IMPORTANCE = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -21,7 +24,6 @@ IMPORTANCE = {
     "bn_scale": tp.importance.BNScaleImportance,
     "taylor": tp.importance.TaylorImportance,
 }
-MAX_RATIO = 0.99  # the largest share of a layer's channels a target search may remove
 
 
 class AlignedPruner(tp.pruner.BasePruner):
@@ -59,10 +61,8 @@ def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
 
     hooks = [h for m in names
              for h in (m.register_forward_pre_hook(lambda m, _: running.append(names[m])), m.register_forward_hook(leave))]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             model(example)
     except Exception as e:
         where = running[-1] if running else ""
@@ -72,7 +72,6 @@ def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
 
 
 def trial(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: float, round_to: int) -> nn.Module:
@@ -85,25 +84,35 @@ def trial(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: fl
     return pruned
 
 
-def ratio_for(model: nn.Module, example: torch.Tensor, ignored: list[str], round_to: int, measure: Callable[[nn.Module], float],
-              goal: float, iterations: int = 12) -> tuple[float, nn.Module]:
-    """The smallest channel ratio whose pruned copy measures at most `goal`, found by bisection, and that copy;
-    MAX_RATIO and its copy when even that is not enough."""
-    low, high = 0.0, MAX_RATIO
-    best = trial(model, example, ignored, high, round_to)
-    if measure(best) > goal:
-        return high, best
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        pruned = trial(model, example, ignored, mid, round_to)
-        if measure(pruned) <= goal:
-            high, best = mid, pruned
-        else:
-            low = mid
-    return high, best
+def shapes_for(model: nn.Module, example: torch.Tensor, ignored: list[str], dropped: list[str], round_to: int,
+               goal: Optional[Goal], ratio: Optional[float]) -> tuple[float, nn.Module]:
+    """The channel ratio, and a pruned copy with the shapes it gives, for `model` without the `dropped` blocks: the
+    smallest ratio that meets `goal`, or the given `ratio`. A goal no ratio meets, or a ratio that changes nothing, is
+    a ConfigError naming the floor."""
+    shallow = remove_modules(copy.deepcopy(model), dropped)
+    kept = [n for n in ignored if not any(nested(n, d) for d in dropped)]
+    shrink = lambda r: trial(shallow, example, kept, r, round_to)  # noqa: E731
+    if goal is None:
+        pruned = shrink(ratio)
+    else:
+        ratio, pruned = smallest_ratio(shrink, goal)
+        if not goal.met(pruned):
+            raise ConfigError(f"{goal.key} {goal.value:g} cannot be reached: removing {MAX_RATIO:.0%} of each layer's "
+                              f"channels still gives {goal.measure(pruned):.4g}; the excluded layers and alignment to "
+                              f"{round_to} channels set the floor")
+    if ratio > 0 and not dropped and shape_attrs(pruned) == shape_attrs(model):
+        raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
+                          f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
+    return ratio, pruned
 
 
-def check_rebuilds(pruned: nn.Module, spec: dict) -> None:
+def channel_sparsity(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], layers: list[str]) -> dict[str, float]:
+    """Share of each layer's output channels removed (1.0 for a layer that is gone), from `shape_attrs` records."""
+    width = lambda attrs: attrs.get("out_channels", attrs.get("out_features"))  # noqa: E731
+    return {n: 1 - width(after[n]) / width(before[n]) if n in after else 1.0 for n in layers}
+
+
+def check_rebuilds(pruned: nn.Module, spec: ModelSpec) -> None:
     """Raise ConfigError unless `build_model(spec)` gives every tensor of `pruned` its shape."""
     rebuilt = build_model(spec).state_dict()
     wrong = [f"{k} {tuple(t.shape)}" for k, t in pruned.state_dict().items() if k not in rebuilt or rebuilt[k].shape != t.shape]

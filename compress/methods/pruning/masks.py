@@ -1,5 +1,5 @@
-"""Pruning mechanics, kept apart from policy: the sparsity schedule, the layer scope, magnitude and N:M masks held
-through training by a `Callback`, and the N:M checker. Structured channel pruning is in `channel_pruning.py`."""
+"""Weight masks: the layer scope, magnitude and N:M masks held through training by a `Callback`, and the N:M checker.
+The schedule is in `schedule.py`; structured channel pruning in `channels.py`."""
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
@@ -9,28 +9,12 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from .errors import ConfigError
-from .metrics import forward_with_hooks
-from .training import Callback, Trainer
+from ...errors import ConfigError
+from ...metrics import forward_with_hooks
+from ...training import Callback, Trainer
+from .schedule import Event
 
-Event = tuple[int, float]  # (training step, sparsity reached at that step)
 NM = Optional[tuple[int, int]]  # (n, m): at most n non-zeros in every m consecutive weights along the input dimension
-
-
-def sparsity_at(step: int, kind: str, initial: float, final: float, start: int, end: int) -> float:
-    """Target sparsity at `step`: Zhu & Gupta's cubic ramp, a linear ramp, or one_shot (`final` from `start` on)."""
-    if step < start:
-        return 0.0
-    if kind == "one_shot" or step >= end:
-        return final
-    remaining = 1 - (step - start) / (end - start)
-    return final + (initial - final) * (remaining if kind == "linear" else remaining**3)
-
-
-def schedule(kind: str, initial: float, final: float, start: int, end: int, frequency: int) -> list[Event]:
-    """Pruning steps `frequency` apart from `start`, always ending at `end` (one_shot: `start` only), with their sparsity."""
-    steps = [start] if kind == "one_shot" else sorted({*range(start, end, frequency), end})
-    return [(t, sparsity_at(t, kind, initial, final, start, end)) for t in steps]
 
 
 def layers_in_order(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, nn.Module]:

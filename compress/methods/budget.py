@@ -1,0 +1,74 @@
+"""Budgets a compressed model must meet (MACs, latency on a target, size) and the search for the smallest compression
+ratio that meets one. Shared by every stage that compresses to a budget."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..metrics import count_macs, layer_costs, model_metrics
+
+if TYPE_CHECKING:
+    from ..targets import TargetProfile
+
+MAX_RATIO = 0.99  # the largest share a search may remove
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A budget: `measure(model) <= value`; `key` names the setting it comes from, for messages."""
+
+    key: str
+    value: float
+    measure: Callable[[nn.Module], float]
+
+    def met(self, model: nn.Module) -> bool:
+        return self.measure(model) <= self.value
+
+
+def macs_goal(share: float, model: nn.Module, input_shape: tuple[int, ...], key: str = "target_macs") -> Goal:
+    """Keep at most `share` of `model`'s MACs."""
+    base = count_macs(model, input_shape)
+    return Goal(key, share, lambda m: count_macs(m, input_shape) / base)
+
+
+def latency_goal(ms: float, target: "TargetProfile", input_shape: tuple[int, ...], key: str = "target_latency_ms") -> Goal:
+    """Batch-1 latency on `target` at its first preferred precision, estimated by the cost model, of at most `ms`."""
+    from ..targets.cost import estimate_latency_ms
+
+    precision = target.preferred_precisions[0]
+    return Goal(key, ms, lambda m: estimate_latency_ms(layer_costs(m, input_shape), precision, target))
+
+
+def size_goal(mb: float, input_shape: tuple[int, ...], key: str = "size_mb") -> Goal:
+    """fp32 weights of at most `mb` megabytes."""
+    return Goal(key, mb, lambda m: model_metrics(m, input_shape)["size_bytes"] / 1e6)
+
+
+def target_goal(ms_or_budget, target: "TargetProfile | None", input_shape: tuple[int, ...]) -> Goal:
+    """A latency goal from a setting that is milliseconds or 'budget' (the target's `budgets.latency_ms`)."""
+    if target is None:
+        raise ConfigError("target_latency_ms needs a target profile")
+    value = target.budgets.latency_ms if ms_or_budget == "budget" else ms_or_budget
+    if value is None:
+        raise ConfigError(f"target_latency_ms: budget: target {target.name} has no latency budget; give milliseconds")
+    return latency_goal(value, target, input_shape)
+
+
+def smallest_ratio(trial: Callable[[float], nn.Module], goal: Goal, iterations: int = 12) -> tuple[float, nn.Module]:
+    """The smallest ratio in [0, MAX_RATIO] whose `trial(ratio)` model meets `goal`, found by bisection, with that
+    model; MAX_RATIO and its model when even that is not enough (the caller reports the floor)."""
+    low, high = 0.0, MAX_RATIO
+    best = trial(high)
+    if not goal.met(best):
+        return high, best
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        candidate = trial(mid)
+        if goal.met(candidate):
+            high, best = mid, candidate
+        else:
+            low = mid
+    return high, best
