@@ -45,6 +45,7 @@ from compress.targets.cost import peak_terms_ms
 from compress.training import TrainConfig
 
 FORMATS = ["onnx", "onnx-int8"]  # fp32 and INT8 ONNX for every model
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -247,10 +248,20 @@ def markdown(args, rows: list[Row], report: dict, config: dict, data, wall: floa
     lines += ["", f"Our pipeline as `compress` ran it (stage times: {stages}; a MEAL teacher trained by an earlier invocation "
               f"is reused, and its training time is added to the table's time column):", "",
               "```yaml",
-              yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
+              yaml.safe_dump(relative_paths(config), sort_keys=False).rstrip(), "```", "",
               f"Wall time of this invocation {wall / 60:.1f} minutes (work cached by an earlier one is reused). "
               f"{machine_line(command_line())}"]
     return "\n".join(lines)
+
+
+def relative_paths(config: dict) -> dict:
+    """The pipeline as the docs quote it: the data folder relative to the repository, not this machine's path."""
+    root = config.get("data", {}).get("root")
+    if not root:
+        return config
+    path = Path(root)
+    shown = os.path.relpath(path, REPO) if path.is_absolute() else root
+    return {**config, "data": {**config["data"], "root": shown}}
 
 
 SAME_LATENCY = 0.05  # latencies within 5% count as equal: one architecture timed twice differs by that much here

@@ -17,6 +17,7 @@ from .atomic import replace_file, sha256_file, staged_dir, to_json
 from .config import Name, Natural, Strict, error_lines
 from .errors import RunDirError
 from .models import ModelSpec, build_model, load_weights
+from .run_folder import check_replaceable
 
 SPEC, WEIGHTS, METRICS, VARIANTS = "spec.json", "weights.safetensors", "metrics.json", "variants"
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -40,10 +41,20 @@ class FolderMeta(Strict):
     variants: dict[Name, str] = Field(default_factory=dict, description="SHA-256 of each variant's spec.json")
 
 
+def is_model_file(name: str) -> bool:
+    """Whether a name in a model folder is one compress writes there."""
+    return name in (SPEC, WEIGHTS, METRICS, VARIANTS)
+
+
 def save_model_dir(folder: Path, model: nn.Module, spec: ModelSpec, metrics: dict, stage: Optional[dict] = None,
                    variants: Optional[dict] = None) -> None:
     """Write a complete model folder (and its `variants`: name -> Variant) under a temporary name, then move it into
-    place in one rename."""
+    place in one rename; an older folder there is replaced only when it holds nothing but a model folder's files."""
+    check_replaceable(folder, is_model_file)
+    variants_dir = folder / VARIANTS
+    check_replaceable(variants_dir, lambda name: (variants_dir / name).is_dir())
+    for old in variants_dir.iterdir() if variants_dir.is_dir() else []:
+        check_replaceable(old, is_model_file)
     with staged_dir(folder) as tmp:
         written = {}
         for name, variant in (variants or {}).items():

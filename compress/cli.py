@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Callable, Optional
 
 from . import __version__
-from .errors import CompressError
+from .errors import CompressError, shown
 
 USAGE_EPILOG = """commands:
   compress PIPELINE.yaml [--target NAME[,NAME]] ... run the stages, export, validate, report (for each target)
@@ -68,6 +68,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline_file import load_pipeline
 
+    if args.run_dir == "":
+        raise CompressError("--run-dir: empty; name a folder, or leave the option out for runs/<name>")
     pipeline = load_pipeline(args.pipeline)  # a malformed file fails here, before torch is imported
 
     from .pipeline import run_pipeline
@@ -104,6 +106,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                     summary_lines, write_calibrated)
 
     target, folder = resolve(args.target), Path(args.artifacts)
+    if args.calibrate and Path(args.calibrate).is_dir():
+        raise CompressError(f"--calibrate: {args.calibrate} is a folder; give the file to write, e.g. host-calibrated.yaml")
     if not 1 <= args.runs <= 100_000:
         raise CompressError(f"--runs: expected a positive number (at most 100000), got {args.runs}")
     profile = profile_artifacts(folder, target, parse_batches(args.batch), args.runs)
@@ -125,6 +129,21 @@ COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
     "targets": (targets_parser, cmd_targets),
     "profile": (profile_parser, cmd_profile),
 }
+
+
+def message(error: Exception) -> str:
+    """The paragraph an error prints: its own text, or for an OSError what failed on which path."""
+    if isinstance(error, CompressError):
+        return str(error)
+    where = f"{shown(str(error.filename), 200)}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
+
+
+def capped(text: str, limit: int = 4000) -> str:
+    """`text`, its middle cut when it is longer than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]} ... ({len(text) - limit:,} characters cut) ... {text[-limit // 2:]}"
 
 
 class Terminated(KeyboardInterrupt):
@@ -156,10 +175,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         with stop_on_sigterm():
             return command(args)
-    except CompressError as e:
+    except (CompressError, OSError) as e:  # OSError: a path the file system refuses (too long, a loop of links, ...)
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {capped(message(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         stopped, code = ("terminated (SIGTERM)", 128 + signal.SIGTERM) if isinstance(e, Terminated) else ("interrupted", 130)

@@ -178,25 +178,33 @@ def as_images(a: np.ndarray, name: str) -> torch.Tensor:
         raise DataError(f"{name}: expected shape (N, H, W) or (N, C, H, W), got {a.shape}")
     if 0 in a.shape[1:]:
         raise DataError(f"{name}: images of shape {a.shape[1:]} (C, H, W) hold no pixels")
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.ascontiguousarray(native(a)))
     return t.float() / 255.0 if a.dtype == np.uint8 else t.float()
+
+
+def native(a: np.ndarray) -> np.ndarray:
+    """`a` in this machine's byte order (torch takes no other)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def as_labels(a: np.ndarray, name: str) -> torch.Tensor:
     """A 1-D array of class indices in [0, MAX_CLASSES) -> int64 tensor (checked before conversion, so nothing wraps)."""
     if a.ndim != 1 or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= MAX_CLASSES)):
-        got = f"values {a.min()} to {a.max()}" if a.size and a.dtype.kind in "iu" else f"{a.dtype} {a.shape}"
+        in_range = a.ndim == 1 and a.size and a.dtype.kind in "iu"
+        got = f"values {a.min()} to {a.max()}" if in_range else f"{a.dtype} of shape {a.shape}"
         raise DataError(f"{name}: expected a 1-D array of integer class labels from 0 to {MAX_CLASSES - 1:,}, got {got}")
-    return torch.from_numpy(a.astype(np.int64))
+    return torch.from_numpy(native(a).astype(np.int64))
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
     """Arrays from an npz file, never unpickling objects."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: npz file not found" if not Path(path).exists() else f"{path}: not a regular file")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: npz file not found") from None
+    except (AttributeError, TypeError):  # np.load gave one array: an .npy file, not an npz archive
+        raise DataError(f"{path}: an .npy array, not an .npz archive; save x_train, y_train with np.savez") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable npz file of plain arrays ({e})") from None
     missing = {"x_train", "y_train"} - arrays.keys()

@@ -2,8 +2,16 @@
 from typing import Any
 
 
+def described(error: BaseException) -> str:
+    """'TypeName: the first line of its message', cut short: a library's error quoted inside one of ours."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+
+
 def shown(value: Any, limit: int = 60) -> str:
     """`repr(value)` cut to about `limit` characters: a message never echoes a whole oversized input."""
+    if isinstance(value, int) and value.bit_length() > 200:  # repr of a 5,000-digit integer is refused by Python
+        return f"an integer of {value.bit_length():,} bits"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 

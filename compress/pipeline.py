@@ -19,13 +19,13 @@ from .config import problems_message, safe_name, sha256_json
 from .context import RunContext, say
 from .data import load_data
 from .distributed import Distributed, init_from_env, on_main, shutdown
-from .errors import ConfigError, ExportError, RunDirError
+from .errors import ConfigError, ExportError, ModelError, RunDirError, described, shown
 from .metrics import model_metrics
 from .models import build_model, load_weights, make_spec
 from .pipeline_file import Pipeline, load_pipeline
 from .report import build_report, print_summary, write_report
 from .run_folder import remove_stale_stages, run_folder
-from .training import evaluate
+from .training import evaluate, evaluating
 
 
 def seed_everything(seed: int) -> None:
@@ -75,6 +75,13 @@ def check_run(pipeline: Pipeline, targets: list) -> None:
     for i, fmt in enumerate(export.formats or []):
         if fmt not in EXPORTERS:
             problems.append(f"export.formats[{i}]: {EXPORTERS.miss_message(fmt)}")
+        elif fmt in export.formats[:i]:
+            problems.append(f"export.formats[{i}]: {fmt} is listed twice")
+        for target in targets:
+            cls = EXPORTERS.get(fmt) if fmt in EXPORTERS else None
+            if cls is not None and cls.packages and cls.runtime != target.runtime:
+                problems.append(f"export.formats[{i}]: {fmt} packages for the {cls.runtime} runtime; target {target.name} "
+                                f"runs {target.runtime}")
     for target in targets:
         if export.opset is not None and export.opset > target.max_opset:
             problems.append(f"export.opset: {export.opset} is above target {target.name}'s maximum opset {target.max_opset}")
@@ -161,7 +168,8 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
 
     data = load_data(cfg.data, cfg.seed)
     check_model_fits_data(pipeline, data)
-    spec = make_spec(cfg.model.arch, cfg.model.in_channels or data.in_channels, cfg.model.num_classes or data.num_classes, cfg.model.kwargs)
+    spec = make_spec(cfg.model.arch, cfg.model.in_channels or data.in_channels, cfg.model.num_classes or data.num_classes,
+                     cfg.model.kwargs)
     hashes = [pipeline.stage_hash(i, targets_fingerprint(targets)) for i in range(len(stages))]
     folders = [stage_folder(run_dir, i, stage.config.type) for i, stage in enumerate(stages)]
 
@@ -176,6 +184,8 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
         if cfg.model.weights:
             load_weights(model, cfg.model.weights)
         model.to(torch_device)
+
+    check_model_runs(model, spec, data)
 
     def context(i: int) -> RunContext:
         return RunContext(data=data, data_config=cfg.data, run_dir=run_dir, target=targets[0], targets=targets,
@@ -221,6 +231,20 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
                             if a.reason and a.target in missing and a.status != "bundle")
         raise ExportError(f"no deployable artifact for {', '.join(missing)} ({reasons}); details in {run_dir / 'report.json'}")
     return report
+
+
+def check_model_runs(model, spec, data) -> None:
+    """The model takes the data's images and predicts its classes, before anything trains."""
+    device = next(model.parameters()).device
+    try:
+        with evaluating(model):
+            out = model(data.val.x[:2].to(device))
+    except Exception as e:  # a model that cannot take these inputs fails in its own way
+        raise ModelError(f"model {shown(spec.arch)} cannot run on the data's images of shape {tuple(data.input_shape)} "
+                         f"(C, H, W): {described(e)}") from None
+    if tuple(out.shape) != (len(data.val.x[:2]), spec.num_classes):
+        raise ModelError(f"model {shown(spec.arch)} outputs shape {tuple(out.shape)} for a batch of 2, not (2, "
+                         f"{spec.num_classes}): it must return one logit per class")
 
 
 def measured(model, data, batch_size: int, device) -> dict:

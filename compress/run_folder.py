@@ -41,6 +41,14 @@ def claim(folder: Path) -> None:
             f"run directory {folder} already holds files that compress did not write ({', '.join(names[:3])}"
             f"{', ...' if len(names) > 3 else ''}); compress writes only into an empty folder or one of its own run "
             f"folders, and deletes only what it wrote. Pass another --run-dir (or leave it out for runs/<name>).")
+    outer = next((p for p in folder.absolute().parents if (p / MARKER).is_dir()), None)
+    if outer is not None:
+        raise RunDirError(f"run directory {folder} lies inside the run folder {outer}, whose reruns replace its "
+                          f"folders; pass a --run-dir outside it")
+    links = [p for p in walk(folder) if p.is_symlink()] if folder.is_dir() else []
+    if links:
+        raise RunDirError(f"run directory {folder} holds a symbolic link ({links[0]}); compress writes only inside the "
+                          f"run folder, so it does not follow links there: replace the link with a folder")
     (folder / MARKER).mkdir(parents=True, exist_ok=True)
 
 
@@ -110,6 +118,26 @@ def remove_leftovers(folder: Path, tag: str) -> None:
         dirs[:] = [d for d in dirs if not is_temporary(d, tag)]
 
 
+def walk(folder: Path) -> Iterator[Path]:
+    """Every path under `folder`, not following symbolic links."""
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            yield Path(root) / name
+
+
+def foreign(folder: Path, ours) -> list[str]:
+    """Names in `folder` that `ours(name)` does not claim: what a replacement or deletion of it would lose."""
+    return sorted(p.name for p in folder.iterdir() if not ours(p.name)) if folder.is_dir() else []
+
+
+def check_replaceable(folder: Path, ours) -> None:
+    """Refuse to replace or delete `folder` when it holds anything compress did not put there."""
+    extra = foreign(folder, ours)
+    if extra:
+        raise RunDirError(f"{folder} holds files compress did not write ({', '.join(extra[:3])}), and this run has to "
+                          f"replace it; move them out of the run folder, then run the same command again")
+
+
 def remove_tree(path: Path, root: Path) -> None:
     """Delete the folder `path`, which must lie inside `root` (a run folder); anything else is refused."""
     resolved, base = path.resolve(), root.resolve()
@@ -121,8 +149,12 @@ def remove_tree(path: Path, root: Path) -> None:
 def remove_stale_stages(run_dir: Path, keep: list[Path]) -> None:
     """Delete stage folders left by an earlier config (they followed a stage that has just been redone): only
     folders named like a stage folder that hold a stage's spec.json."""
+    from .checkpoint import is_model_file
+
     for folder in (run_dir / "stages").iterdir():
         if folder in keep or not STAGE_FOLDER.match(folder.name) or not (folder / "spec.json").is_file():
             continue
+        if foreign(folder, is_model_file) or any(foreign(v, is_model_file) for v in (folder / "variants").glob("*")):
+            continue  # it holds the user's files too: left as it is (a stale stage folder is never read)
         with writing(folder):
             remove_tree(folder, run_dir)

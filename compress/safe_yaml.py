@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,29 @@ class BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """An integer of at most 64 bits (a 5,000-digit one would only fail later, somewhere else)."""
+        try:
+            value = super().construct_yaml_int(node)
+        except ValueError:
+            digits = node.value.lstrip("+-").replace("_", "")
+            problem = f"integer of {len(digits):,} digits; at most 64 bits are read" if digits.isdigit() else \
+                f"not an integer: {shown(node.value)}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+        if abs(value) >= 2**64:
+            raise yaml.constructor.ConstructorError(None, None, f"integer of {value.bit_length()} bits; at most 64 bits are "
+                                                                f"read", node.start_mark)
+        return value
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        try:
+            return super().construct_yaml_float(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(None, None, f"not a number: {shown(node.value)}", node.start_mark) from None
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
+BoundedLoader.add_constructor("tag:yaml.org,2002:float", BoundedLoader.construct_yaml_float)
 BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_1_2, list("-+0123456789"))
 
 
@@ -82,16 +106,16 @@ def parse(text: str) -> Any:
 def read_yaml(path: Path) -> Any:
     """Read and parse a YAML file; every problem is a ConfigError naming the file (and the line, for syntax)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ConfigError(f"{path}: {size:,} bytes is too large for a configuration file (at most {MAX_BYTES:,})")
-        data = path.read_bytes()
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(f"{path}: not a regular file (a folder, device or pipe); give a YAML file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{path}: too large for a configuration file (more than {MAX_BYTES:,} bytes)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -103,6 +127,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: {e}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a configuration file") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a value PyYAML's constructors cannot build (a date, ...)
+        raise ConfigError(f"{path}: malformed YAML: {shown(str(e), 200)}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         if mark is None:

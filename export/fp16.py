@@ -5,7 +5,7 @@ from pathlib import Path
 
 import onnx
 
-from compress.errors import ExportError
+from compress.errors import ExportError, described
 
 from . import Exporter, ExportRequest, register_exporter
 from .onnx import fp32_onnx, save_onnx
@@ -23,5 +23,5 @@ class OnnxFp16Exporter(Exporter):
         try:
             model = convert_float_to_float16(onnx.load(str(fp32_onnx(request))), keep_io_types=True)
         except Exception as e:  # the converter raises whatever the graph provokes
-            raise ExportError(f"fp16 conversion failed: {type(e).__name__}: {e}") from None
+            raise ExportError(f"fp16 conversion failed: {described(e)}") from None
         return save_onnx(model, path)

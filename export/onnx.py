@@ -8,7 +8,7 @@ import onnx
 import torch
 
 from compress.atomic import staged
-from compress.errors import ExportError
+from compress.errors import ExportError, described
 
 from . import Exporter, ExportRequest, register_exporter
 
@@ -46,7 +46,7 @@ def export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: 
     except OSError:
         raise
     except Exception as e:  # the exporters raise many unrelated types
-        raise ExportError(f"ONNX export ({exporter}, opset {opset}) failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"ONNX export ({exporter}, opset {opset}) failed: {described(e)}") from None
 
 
 def simplify(path: Path) -> None:

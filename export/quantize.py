@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compress.errors import ExportError
+from compress.errors import ExportError, described
 
 from . import Exporter, ExportRequest, register_exporter
 from .onnx import fp32_onnx, save_onnx
@@ -108,7 +108,7 @@ class OnnxInt8Exporter(Exporter):
                 else:
                     quantized = nncf.quantize(model, calib, **settings)
         except Exception as e:  # NNCF and ONNX Runtime raise many unrelated types
-            raise ExportError(f"NNCF INT8 quantization failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise ExportError(f"NNCF INT8 quantization failed: {described(e)}") from None
         if symmetric:
             signed_activations(quantized)
             self.notes.append("symmetric signed int8 activations (zero point 0) for TensorRT")

@@ -15,6 +15,7 @@ from pathlib import Path
 from compress import __version__
 from compress.atomic import sha256_file, staged_dir
 from compress.errors import ExportError
+from compress.run_folder import check_replaceable
 
 from . import Artifact, Exporter, ExportRequest, register_exporter
 
@@ -74,6 +75,12 @@ def comment(text: str) -> str:
     return f"# {text}"
 
 
+def is_bundle_file(name: str) -> bool:
+    """Whether a name in a bundle folder is one this exporter (or build_engine.sh on the device) writes."""
+    return name in ("manifest.json", "build_engine.sh", "checksums.sha256", "timing.cache", "profile.json") or \
+        name.endswith((".onnx", ".engine"))
+
+
 def tensorrt_available() -> bool:
     """TensorRT's Python package imports and a CUDA GPU is present."""
     try:
@@ -120,6 +127,7 @@ class TensorRTExporter(Exporter):
 
     def export(self, request: ExportRequest) -> Path:
         folder = request.out_dir / f"tensorrt-{request.target.name}"  # the profile's name is a safe file name
+        check_replaceable(folder, is_bundle_file)
         with staged_dir(folder) as tmp:  # a bundle appears complete or not at all, replacing the last one
             self.write_bundle(tmp, request)
         return folder

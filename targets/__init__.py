@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from compress.config import error_lines, problems_message, sha256_json
 from compress.safe_yaml import read_yaml
-from compress.errors import ConfigError, TargetError, UnknownNameError
+from compress.errors import ConfigError, TargetError, UnknownNameError, shown
 from compress.registry import Registry
 
 from .host import detect_host
@@ -48,9 +48,15 @@ def registry() -> Registry[TargetProfile]:
 def resolve(name_or_path: str) -> TargetProfile:
     """A bundled profile by name or alias, or a user's profile from a YAML path."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise TargetError(f"{path}: target profile file not found")
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # e.g. a name too long to be a path
+        raise TargetError(f"{shown(name_or_path)}: not a target name or a profile file ({e.strerror}); `compress targets` "
+                          f"lists the names") from None
+    if path.suffix in (".yaml", ".yml") or is_file:
+        if not is_file:
+            raise TargetError(f"{path}: target profile file not found" if not path.exists() else
+                              f"{path}: not a regular file; give a profile YAML file")
         return load_profile(path)
     try:
         return registry().get(name_or_path)

@@ -13,7 +13,8 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -135,11 +136,19 @@ def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], r
     files = sorted(folder.glob("*.onnx")) + sorted(folder.glob("*.engine"))
     if not files:
         raise CompressError(f"{folder}: no .onnx or .engine files to profile")
-    with locked_if_marked(folder.parent):  # inside a run folder, no pipeline run rewrites the files meanwhile
+    run = run_of(folder)
+    with locked_if_marked(run) if run else nullcontext():  # no pipeline run rewrites the files meanwhile
         profile = measure_files(folder, files, target, batches, runs, warmup, measure)
         atomic_write(folder / "profile.json", to_json(profile))
-        merge_into_report(folder, profile)
+        if run is not None:
+            merge_into_report(run, profile, folder / "profile.json")
     return profile
+
+
+def run_of(folder: Path) -> Optional[Path]:
+    """The run folder an artifacts folder belongs to (artifacts/, artifacts/<target>/ or one more level for a
+    variant): the nearest one above it holding a report.json; None for a device bundle on its own."""
+    return next((p for p in list(folder.absolute().parents)[:3] if (p / "report.json").is_file()), None)
 
 
 def measure_files(folder: Path, files: list[Path], target: TargetProfile, batches: list[int], runs: int, warmup: int,
@@ -148,6 +157,9 @@ def measure_files(folder: Path, files: list[Path], target: TargetProfile, batche
     providers, trtexec = available_providers(target), shutil.which("trtexec")
     results, skipped, failed = [], [], []
     for path in files:
+        if not path.is_file():  # a folder, a device or a pipe named like an artifact: opening it could block
+            failed.append({"file": path.name, "reason": "not a regular file"})
+            continue
         if path.suffix == ".engine":
             if trtexec is None:
                 skipped.append(f"{path.name}: trtexec not found")
@@ -168,29 +180,32 @@ def measure_files(folder: Path, files: list[Path], target: TargetProfile, batche
 
 
 def check_failures(profile: dict, folder: Path) -> None:
-    """Raise an ExportError naming every file `profile_artifacts` could not measure, and why."""
+    """Raise an ExportError naming every file `profile_artifacts` could not measure, and why, or saying that nothing
+    was measured at all."""
+    if not profile["results"] and not profile["failed"]:
+        raise ExportError(f"{folder}: nothing was measured ({'; '.join(profile['skipped'])})")
     if profile["failed"]:
         raise ExportError("; ".join(f"{folder / f['file']}: {f['reason']}" for f in profile["failed"]) +
                           f"; export it again or remove it from {folder}. The measurements of the other files are "
                           f"in {folder / 'profile.json'}")
 
 
-def merge_into_report(folder: Path, profile: dict) -> None:
-    """Add the measurements to the run's report.json (the folder's parent), when there is one, and redraw report.html."""
-    report_path = folder.parent / "report.json"
+def merge_into_report(run: Path, profile: dict, saved: Path) -> None:
+    """Add the measurements (also saved in `saved`) to the run's report.json and redraw report.html."""
+    report_path = run / "report.json"
     if report_path.is_file():
         try:
             report = json.loads(report_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RunDirError(f"{report_path}: corrupt ({e}), so the measurements were not added to it; they are in "
-                              f"{folder / 'profile.json'}. Rerun the pipeline to rewrite the report.") from None
+                              f"{saved}. Rerun the pipeline to rewrite the report.") from None
         if not isinstance(report, dict):
             raise RunDirError(f"{report_path}: corrupt (a JSON {type(report).__name__}, not a report object), so the "
-                              f"measurements were not added to it; they are in {folder / 'profile.json'}. Rerun the "
+                              f"measurements were not added to it; they are in {saved}. Rerun the "
                               f"pipeline to rewrite the report.")
         report["profile"] = profile
         atomic_write(report_path, to_json(report))
-        atomic_write(folder.parent / "report.html", render_html(report).encode())
+        atomic_write(run / "report.html", render_html(report).encode())
 
 
 def onnx_input_shape(path: Path) -> list[int]:

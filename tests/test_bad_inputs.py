@@ -3,6 +3,7 @@ words of its one-paragraph message. docs/errors.md lists the same rows with the 
 import gzip
 import io
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -150,6 +151,31 @@ def user_net_raising(in_channels: int, num_classes: int, **kwargs):
     raise ValueError(f"depth must be one of 18, 34, 50 (got {kwargs.get('depth')})")
 
 
+def user_net_flat(in_channels: int, num_classes: int):
+    """A `python:` model that ignores num_classes: three outputs for a ten-class dataset."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def link(path: Path, target: str) -> None:
+    """Replace `path` (a folder of the run) with a symbolic link to `target`'s folder, outside the run."""
+    shutil.rmtree(path)
+    path.symlink_to(Path(target).parent, target_is_directory=True)
+
+
+def fifo_folder(s) -> str:
+    """A folder of the run holding a named pipe called like an artifact (opening it would block)."""
+    folder = Path(s.path("run/art/x")).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "model.fp32.onnx")
+    return str(folder)
+
+
 TRAVERSAL = "x/../../../canary"  # a target name that would lead the TensorRT bundle out of the run folder
 INJECTION = "x\ntouch canary-command-ran\n"  # a target name that would put a command into build_engine.sh
 
@@ -196,7 +222,7 @@ CATALOGUE = [
     ("weights/unrecognised-file", lambda s: s.weights("w.pt", b"these are not weights"), 2,
      ["w.pt: not a safetensors or torch file"]),
     ("weights/truncated-torch-file", lambda s: s.weights("w.pt", torch_bytes(weights_of([8, 16]))[:300]), 2,
-     ["w.pt: corrupt or unreadable torch file", "failed finding central directory.)"]),
+     ["w.pt: corrupt or unreadable torch file (not a complete zip archive)"]),
     ("weights/corrupt-safetensors", lambda s: s.weights("w.safetensors", b"\x00" * 64), 2,
      ["w.safetensors: corrupt or unreadable safetensors file"]),
     ("weights/not-a-state-dict", lambda s: s.weights("w.pt", torch_bytes(torch.zeros(3))), 2,
@@ -293,7 +319,7 @@ CATALOGUE = [
     ("config/alias-bomb", lambda s: s.run(text=alias_bomb()), 2, ["aliases expand to more than 100,000 values"]),
     ("config/recursive-alias", lambda s: s.run(text="name: &a [*a]\n"), 2, ["an alias refers to the value that contains it"]),
     ("config/file-too-large", lambda s: s.run(text="name: tiny\n" + "# padding\n" * 120_000), 2,
-     ["bytes is too large for a configuration file (at most 1,048,576)"]),
+     ["pipeline.yaml: too large for a configuration file (more than 1,048,576 bytes)"]),
     ("config/huge-value-echoed-short", lambda s: s.run(name="x" * 500_000), 2,
      ["name: must be 1 to 64 letters", "(500,002 characters)"]),
     ("config/deep-nesting", lambda s: s.run(text="name: " + "[" * 5000 + "]" * 5000 + "\n"), 2,
@@ -357,6 +383,54 @@ CATALOGUE = [
      ["01-train/spec.json: corrupt (model: arch: Field required)", "--no-resume"]),
     ("run/spec-json-unknown-version", lambda s: s.resume(damage=lambda stage: edit_spec(stage, lambda m: m.update(version=7))), 2,
      ["spec version 7 is not one this compress reads", "written by another version of compress"]),
+    # found by a hostile-input probe: classes that ended in a traceback, a hang or a write outside the run's files
+    ("config/integer-too-long", lambda s: s.run(text=f"name: tiny\nseed: {'9' * 5000}\n"), 2,
+     ["pipeline.yaml:2:7: malformed YAML: integer of 5,000 digits; at most 64 bits are read"]),
+    ("config/bad-tagged-value", lambda s: s.run(text="name: tiny\nseed: !!int abc\n"), 2,
+     ["pipeline.yaml:2:7: malformed YAML: not an integer: 'abc'"]),
+    ("config/not-a-regular-file", lambda s: [str(Path(s.path("folder.yaml/x", "x")).parent), "--quiet"], 2,
+     ["folder.yaml: not a regular file (a folder, device or pipe); give a YAML file"]),
+    ("target/name-too-long", lambda s: s.run("--target", "x" * 300), 2,
+     ["not a target name or a profile file (File name too long)"]),
+    ("target/overhead-huge", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(layer_overhead_us=1e308))), 2,
+     ["layer_overhead_us: Input should be less than or equal to 1000000"]),
+    ("weights/name-too-long", lambda s: s.run(model={**MODEL, "weights": "/tmp/" + "a" * 300 + ".pt"}), 2,
+     ["aaaa", "File name too long"]),
+    ("weights/not-a-regular-file", lambda s: s.run(model={**MODEL, "weights": str(Path(s.path("w.pt/x", "x")).parent)}), 2,
+     ["w.pt: not a regular file; give a .safetensors or torch file"]),
+    ("weights/zip-header-not-a-zip", lambda s: s.weights("w.pt", b"PK\0\0\0\0\0\0"), 2,
+     ["w.pt: corrupt or unreadable torch file (not a complete zip archive)"]),
+    ("model/cannot-run-on-data", lambda s: s.run(model={"arch": "cnn_s", "kwargs": {"channels": [8] * 6}}), 2,
+     ["model 'cnn_s' cannot run on the data's images of shape (1, 28, 28) (C, H, W): RuntimeError"]),
+    ("model/wrong-output-shape", lambda s: s.run(model={"arch": "python:test_bad_inputs:user_net_flat"}), 2,
+     ["outputs shape (2, 3) for a batch of 2, not (2, 10): it must return one logit per class"]),
+    ("prune/output-layer-in-channel-scope", lambda s: s.run(stages=[{"type": "train"}, {"type": "prune", "method": "channel",
+                                                                                         "exclude": []}]), 2,
+     ["stage 'prune': exclude: the output layer '5' would lose outputs (its channels are the classes); keep it excluded"]),
+    ("meal/temperature-huge", lambda s: s.run(stages=[{"type": "meal", "teachers": [{"arch": "cnn_s", "weights": "w"}],
+                                                       "temperature": 1e300}]), 2,
+     ["stages[0].temperature: Input should be less than or equal to 1000"]),
+    ("meal/teacher-count-huge", lambda s: s.run(stages=[{"type": "meal", "teachers": [{"train": {"arch": "cnn_s", "count": 100000}}]}]), 2,
+     ["stages[0].teachers[0].train.count: Input should be less than or equal to 64"]),
+    ("data/npy-not-npz", lambda s: s.npz(npy_bytes(images(4))), 2, ["data.npz: an .npy array, not an .npz archive"]),
+    ("data/npz-labels-2d", lambda s: s.npz(npz_train(y_train=labels(40)[:, None])), 2,
+     ["y_train: expected a 1-D array of integer class labels from 0 to 99,999, got int64 of shape (40, 1)"]),
+    ("data/npz-path-huge", lambda s: s.run(data={"dataset": "npz", "path": "/a" * 50_000}), 2,
+     ["(100,002 characters): File name too long"]),
+    ("run/inside-another-run", lambda s: s.resume("--run-dir", str(s.run_dir / "stages" / "01-train" / "B")), 2,
+     ["lies inside the run folder", "pass a --run-dir outside it"]),
+    ("run/symbolic-link-inside", lambda s: s.resume(damage=lambda stage: link(stage.parent.parent / "artifacts", s.path("outside/x", "x"))), 2,
+     ["holds a symbolic link", "does not follow links there"]),
+    ("export/packaging-for-another-runtime", lambda s: s.run(export={**tiny_pipeline()["export"], "formats": ["onnx", "tensorrt"]}), 2,
+     ["export.formats[1]: tensorrt packages for the tensorrt runtime; target x86-avx2 runs onnxruntime"]),
+    ("export/format-twice", lambda s: s.run(export={**tiny_pipeline()["export"], "formats": ["onnx", "onnx"]}), 2,
+     ["export.formats[1]: onnx is listed twice"]),
+    ("cli/empty-run-dir", lambda s: [s.run()[0], "--run-dir", "", "--quiet"], 2, ["--run-dir: empty"]),
+    ("profile/not-a-regular-file", lambda s: s.profile(folder=fifo_folder(s)), 2,
+     ["model.fp32.onnx: not a regular file; export it again or remove it"]),
+    ("profile/nothing-measured", lambda s: s.profile(folder=str(Path(s.path("run/art/model.int8.engine", b"x")).parent)), 2,
+     ["nothing was measured (model.int8.engine: trtexec not found)"]),
+    ("profile/calibrate-folder", lambda s: s.profile("--calibrate", str(s.folder)), 2, ["--calibrate:", "is a folder"]),
     ("profile/report-not-an-object", lambda s: s.profile(report="[1, 2]"), 2,
      ["report.json: corrupt (a JSON list, not a report object)", "profile.json"]),
 ]

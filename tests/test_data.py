@@ -118,3 +118,11 @@ def test_augmentation_keeps_shape_and_changes_pixels(tiny_data):
     plain = next(iter(BatchLoader(tiny_data.train, 16)))
     shifted = next(iter(BatchLoader(tiny_data.train, 16, augment=True)))
     assert shifted.x.shape == plain.x.shape and not torch.equal(shifted.x, plain.x)
+
+
+def test_big_endian_arrays_are_read_in_native_order(tmp_path):
+    path = tmp_path / "be.npz"
+    np.savez(path, x_train=np.full((40, 28, 28), 0.5, ">f4"), y_train=(np.arange(40) % 10).astype(">i8"))
+    data = load_data(DataConfig(dataset="npz", path=path), seed=0)
+    assert data.num_classes == 10 and set(data.train.y.tolist()) | set(data.val.y.tolist()) == set(range(10))
+    assert data.mean == pytest.approx(0.5) and float(data.train.x.abs().max()) < 1e-3  # 0.5 everywhere, normalised

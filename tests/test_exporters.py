@@ -58,6 +58,13 @@ def test_every_file_exporter_is_validated(fmt, trained, tiny_data, tmp_path):
     assert artifact.parity["max_abs_diff"] <= bound
 
 
+def test_the_torch_export_based_exporter_matches_torch(trained, tiny_data, tmp_path):
+    model, spec = trained
+    config = FAST.model_copy(update={"formats": ["onnx"], "exporter": "dynamo"})
+    (artifact,), deploy = export_and_validate(model, spec, tiny_data, config, resolve("x86-cpu"), tmp_path)
+    assert artifact.status == "ok" and artifact.parity["max_abs_diff"] <= 1e-4 and deploy is not None
+
+
 def zero_points(path):
     model = onnx.load(path)
     inits = {i.name: i for i in model.graph.initializer}

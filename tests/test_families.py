@@ -128,3 +128,11 @@ def test_a_target_dependent_stage_with_several_targets_is_refused(write_pipeline
     fixed = write_pipeline(tiny_pipeline(stages=[stages[0], {**stages[1], "round_to": 4, "schedule": {"frequency": 2}}],
                                          targets=TARGETS[:2], target=None, export={**EXPORT, "variants": "primary"}), "fixed.yaml")
     assert main([str(fixed), "--run-dir", str(tmp_path / "fixed"), "--quiet"]) == 0
+
+
+def test_profiling_a_variant_folder_of_one_target_updates_the_run_report(family_run):
+    run_dir, _ = family_run
+    folder = run_dir / "artifacts" / "x86-avx512-vnni" / "small"
+    assert main(["profile", str(folder), "--target", "host", "--runs", "2", "--batch", "1", "--quiet"]) == 0
+    profile = json.loads((run_dir / "report.json").read_text())["profile"]
+    assert [r["file"] for r in profile["results"]] == ["model.fp32.onnx", "model.int8.onnx"]

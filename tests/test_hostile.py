@@ -76,7 +76,7 @@ def test_a_run_deletes_only_what_it_wrote(write_pipeline, tmp_path):
     run_dir = tmp_path / "run"
     assert run(write_pipeline(tiny_pipeline(stages=TWO_STAGES)), run_dir) == 0
     mine = [run_dir / ".notes.tmp", run_dir / "stages" / ".draft.old", run_dir / "stages" / "my-notes" / "a.txt",
-            run_dir / "stages" / "07-train" / "readme.txt", run_dir / "artifacts" / f".model.fp32.onnx.compress-1-0000000.tmp"]
+            run_dir / "stages" / "07-train" / "readme.txt", run_dir / "artifacts" / ".model.fp32.onnx.compress-1-0000000.tmp"]
     for path in mine:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("the user's")
@@ -221,3 +221,19 @@ def test_generated_pipelines_load_or_fail_with_a_compress_error(data, tmp_path):
         load_pipeline(path)
     except CompressError as e:
         assert str(e).startswith(str(path)) and len(str(e)) < 4000
+
+
+def test_a_stage_folder_holding_the_users_files_is_never_replaced_or_deleted(write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run(write_pipeline(tiny_pipeline(stages=TWO_STAGES)), run_dir) == 0
+    notes = [run_dir / "stages" / "01-train" / "notes.txt", run_dir / "stages" / "02-train" / "notes.txt"]
+    for path in notes:
+        path.write_text("the user's")
+    assert run(write_pipeline(tiny_pipeline(stages=[TWO_STAGES[0], {**TWO_STAGES[1], "lr": 0.03}]), "b.yaml"), run_dir) == 2
+    assert "stages/02-train holds files compress did not write (notes.txt), and this run has to replace it" in capsys.readouterr().err
+    notes[1].unlink()
+    assert run(write_pipeline(tiny_pipeline(stages=[{**TWO_STAGES[0], "lr": 0.04}]), "c.yaml"), run_dir) == 2  # stage 1 too
+    notes[0].unlink()
+    (run_dir / "stages" / "02-train" / "keep.txt").write_text("the user's")
+    assert run(write_pipeline(tiny_pipeline(stages=[{**TWO_STAGES[0], "lr": 0.04}]), "c.yaml"), run_dir) == 0
+    assert (run_dir / "stages" / "02-train" / "keep.txt").read_text() == "the user's"  # stale, but not ours alone: kept

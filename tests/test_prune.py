@@ -390,7 +390,7 @@ BAD_FOR_MODEL = [
     (CNN, {"method": "channel", "target_latency_ms": 1e-6}, ["target_latency_ms 1e-06 cannot be reached"]),
     (RESNET, {"method": "channel", "drop_blocks": ["blocks.1"]},
      ["drop_blocks: 'blocks.1' cannot be dropped", "the droppable ones are: blocks.0, blocks.0.conv1, blocks.0.conv1.0"]),
-    (CNN, {"method": "channel", "drop_blocks": 1}, ["drop_blocks: 1 blocks requested, but only 0 can be dropped (droppable: none)"]),
+    (CNN, {"method": "channel", "drop_blocks": 1}, ["drop_blocks: 1 blocks requested, but only 0 can be dropped without one holding another (droppable: none)"]),
     (make_spec("python:test_prune:hard_coded", 1, 10), {"method": "channel"},
      ["the model fails after channel pruning: module 'head' (Head) fails with RuntimeError", "Exclude the layers that feed it"]),
     (make_spec("python:test_prune:untracked", 1, 10), {"method": "channel"},

@@ -146,9 +146,10 @@ def test_report_html_of_a_cli_run_renders_in_chromium(write_pipeline, tmp_path):
     run = tmp_path / "run"
     assert main([str(write_pipeline(tiny_pipeline())), "--run-dir", str(run), "--quiet"]) == 0
     report = json.loads((run / "report.json").read_text())
-    merge_into_report(run / "artifacts", {"target": "host", "runs": 3, "results": [
+    merge_into_report(run, {"target": "host", "runs": 3, "results": [
         {"file": "model.fp32.onnx", "precision": "fp32", "provider": "CPUExecutionProvider",
-         "batches": {"1": {"p50_ms": 0.123, "p90_ms": 0.2, "p99_ms": 0.3, "throughput_per_s": 8130.0}}, "peak_rss_mb": 99}]})
+         "batches": {"1": {"p50_ms": 0.123, "p90_ms": 0.2, "p99_ms": 0.3, "throughput_per_s": 8130.0}}, "peak_rss_mb": 99}]},
+        run / "artifacts" / "profile.json")
     page_path = run / "report.html"
     assert "0.123 ms" in page_path.read_text() and not list(run.glob(".report.html.*"))
     url = page_path.as_uri()

@@ -5,13 +5,14 @@ import importlib
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..errors import ModelError, WeightsError, shown
+from ..errors import ModelError, WeightsError, described, shown
 from ..registry import Registry
 from .spec import ModelSpec
 
@@ -36,12 +37,11 @@ def build_model(spec: ModelSpec) -> nn.Module:
     except ModelError:
         raise
     except TypeError as e:
-        raise ModelError(f"model {arch!r}: bad arguments {shown(kwargs, 200)}: {e}") from None
+        raise ModelError(f"model {shown(arch)}: bad arguments {shown(kwargs, 200)}: {e}") from None
     except Exception as e:  # a builder (ours, a library's, the user's) rejects its arguments in its own way
-        raise ModelError(f"model {arch!r} cannot be built with arguments {shown(kwargs, 200)}: "
-                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        raise ModelError(f"model {shown(arch)} cannot be built with arguments {shown(kwargs, 200)}: {described(e)}") from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model {arch!r}: the builder returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"model {shown(arch)}: the builder returned {type(model).__name__}, not a torch.nn.Module")
     for transform in spec.transforms:
         model = transform.apply(model)
     return model
@@ -50,17 +50,18 @@ def build_model(spec: ModelSpec) -> nn.Module:
 @ADAPTERS.register("python")
 def python_model(ref: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
     """'python:package.module:function' — runs the user's code (only use references you trust)."""
+    where = f"model {shown('python:' + ref)}"
     module_name, _, fn_name = ref.partition(":")
     if not (module_name and fn_name):
-        raise ModelError(f"model 'python:{ref}': expected 'python:module:function', e.g. 'python:mypackage.nets:small_cnn'")
+        raise ModelError(f"{where}: expected 'python:module:function', e.g. 'python:mypackage.nets:small_cnn'")
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise ModelError(f"model 'python:{ref}': cannot import {fn_name} from {module_name}: {e}") from None
+        raise ModelError(f"{where}: cannot import {fn_name[:80]} from {module_name[:80]}: {str(e)[:200]}") from None
     except Exception as e:  # importing runs the module's own code
-        raise ModelError(f"model 'python:{ref}': importing {module_name} failed: {type(e).__name__}: {e}") from None
+        raise ModelError(f"{where}: importing {module_name[:80]} failed: {described(e)}") from None
     if not callable(fn):
-        raise ModelError(f"model 'python:{ref}': {fn_name} is a {type(fn).__name__}, not a function that builds the model")
+        raise ModelError(f"{where}: {fn_name[:80]} is a {type(fn).__name__}, not a function that builds the model")
     return fn(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
@@ -97,7 +98,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file, or from a torch file loaded with weights_only=True (pickled code refused)."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
+        raise WeightsError(f"{path}: weights file not found" if not path.exists() else
+                           f"{path}: not a regular file; give a .safetensors or torch file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -108,6 +110,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
     with open(path, "rb") as f:
         header = f.read(2)
+    if header == b"PK" and not zipfile.is_zipfile(path):  # torch's zip archive, cut short or damaged
+        raise WeightsError(f"{path}: corrupt or unreadable torch file (not a complete zip archive); copy or save it again")
     if header != b"PK" and header[:1] != b"\x80":  # neither torch's zip archive nor a binary pickle
         raise WeightsError(f"{path}: not a safetensors or torch file ({'empty' if not header else 'unrecognised content'}); "
                            f"save the weights with safetensors or torch.save(model.state_dict())")

@@ -25,7 +25,7 @@ class MealStage(Stage):
         type: Literal["meal"] = Field("meal", description="the stage's registered name")
         teachers: list[TeacherConfig] = Field(min_length=1, description="earlier stages, weights files and/or teachers "
                                                                         "trained here")
-        temperature: float = Field(1.0, gt=0, description="softmax temperature of teachers and student")
+        temperature: float = Field(1.0, gt=0, le=1000, description="softmax temperature of teachers and student")
         hard_label_weight: float = Field(0.0, ge=0, le=1, description="weight of cross-entropy to the labels (with "
                                          "label_smoothing); the soft term gets 1 - this")
         discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig, description="the output discriminator")

@@ -142,6 +142,9 @@ class PruneStage(Stage):
             scope = select(names, cfg.include, default if cfg.exclude is None else cfg.exclude)
             if not scope:
                 raise ConfigError("include/exclude leave no conv or linear layer to prune")
+            if cfg.method == "channel" and names[-1] in scope:
+                raise ConfigError(f"exclude: the output layer {names[-1]!r} would lose outputs (its channels are the "
+                                  f"classes); keep it excluded")
             if cfg.method == "nm" and not any(nm_eligible(layers[n].weight, cfg.nm[1]) for n in scope):
                 raise ConfigError(f"no layer in scope can hold the {cfg.pattern} pattern (input channels must be a multiple "
                                   f"of {cfg.nm[1]})")

@@ -12,7 +12,7 @@ from ...config import Count, FilePath, Kwargs, Strict, TrainConfig
 class TeacherTraining(TrainConfig):
     """Teachers trained inside the stage with the shared loop (optimizer fields as in `type: train`)."""
 
-    count: Count = Field(1, description="how many to train, each with its own seed")
+    count: int = Field(1, ge=1, le=64, description="how many to train, each with its own seed")
     arch: str = Field(description="architecture of these teachers (as model.arch)")
     kwargs: Kwargs = Field(default_factory=dict, description="extra keyword arguments for the architecture")
 
@@ -43,5 +43,5 @@ class DiscriminatorConfig(Strict):
 
     enabled: bool = Field(True, description="train an output discriminator and add its adversarial term")
     weight: float = Field(1.0, ge=0, description="weight of the adversarial term in the student's loss")
-    lr: float = Field(1e-4, gt=0, description="Adam learning rate of the discriminator")
+    lr: float = Field(1e-4, gt=0, le=10, description="Adam learning rate of the discriminator")
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64], description="hidden layer widths of the MLP")

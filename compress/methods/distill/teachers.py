@@ -14,7 +14,7 @@ from ...checkpoint import load_model_dir, save_model_dir
 from ...config import sha256_json
 from ...context import RunContext
 from ...distributed import on_main
-from ...errors import ConfigError, ModelError, RunDirError, UnknownNameError
+from ...errors import ConfigError, ModelError, RunDirError, UnknownNameError, described
 from ...models import ModelSpec, build_model, load_weights, make_spec
 from ...training import Trainer, evaluate
 from .config import TeacherConfig, TeacherTraining
@@ -123,7 +123,7 @@ def check_outputs(teacher: Teacher, num_classes: int, ctx: RunContext) -> None:
         with torch.no_grad():
             out = model(ctx.data.val.x[:2].to(ctx.device))
     except RuntimeError as e:
-        raise ModelError(f"{where}: cannot run on inputs of shape {tuple(ctx.data.input_shape)}: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"{where}: cannot run on inputs of shape {tuple(ctx.data.input_shape)}: {described(e)}") from None
     classes = out.shape[1] if out.ndim == 2 else None
     if classes != num_classes:
         shown = f"{classes} classes" if classes else f"shape {tuple(out.shape[1:])}"

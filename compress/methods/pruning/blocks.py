@@ -43,8 +43,8 @@ def choose_blocks(candidates: list[str], request: Union[int, list[str]], cost: C
             if len(chosen) < request and not any(nested(name, other) for other in chosen):
                 chosen.append(name)
         if len(chosen) < request:
-            raise ConfigError(f"drop_blocks: {request} blocks requested, but only {len(chosen)} can be dropped "
-                              f"(droppable: {', '.join(candidates) or 'none'})")
+            raise ConfigError(f"drop_blocks: {request} blocks requested, but only {len(chosen)} can be dropped without one "
+                              f"holding another (droppable: {', '.join(candidates) or 'none'})")
         return chosen
     for name in request:
         if name not in candidates:
