@@ -69,6 +69,7 @@ def resolve_targets(pipeline: Pipeline, override: Optional[str]) -> list:
 def check_run(pipeline: Pipeline, targets: list) -> None:
     """Settings that can only be checked against the registries and the targets, all at once."""
     from .export import EXPORTERS
+    from .export.onnx import DYNAMO_OPSET
     from .export.runner import default_formats
 
     problems, export = [], pipeline.config.export
@@ -85,6 +86,11 @@ def check_run(pipeline: Pipeline, targets: list) -> None:
     for target in targets:
         if export.opset is not None and export.opset > target.max_opset:
             problems.append(f"export.opset: {export.opset} is above target {target.name}'s maximum opset {target.max_opset}")
+        if export.exporter == "dynamo" and target.max_opset < DYNAMO_OPSET:
+            problems.append(f"export.exporter: dynamo writes opset {DYNAMO_OPSET} or above, and target {target.name} parses up "
+                            f"to {target.max_opset}; use exporter: torchscript")
+        if export.exporter == "dynamo" and export.opset is not None and export.opset < DYNAMO_OPSET:
+            problems.append(f"export.opset: {export.opset} is below {DYNAMO_OPSET}, the lowest the dynamo exporter writes")
         files = [EXPORTERS.get(f) for f in export.formats or default_formats(target) if f in EXPORTERS]
         files = [cls for cls in files if not cls.packages]
         if files and not any(cls.precision in target.precisions for cls in files):

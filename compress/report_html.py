@@ -366,7 +366,7 @@ def header(report: dict) -> str:
     target = report.get("target") or {}
     final, data = report.get("final") or {}, report.get("data") or {}
     facts = [("targets" if len(target_names(report)) > 1 else "target", ", ".join(target_names(report))),
-             ("runtime", target.get("runtime", "–")),
+             ("runtime", ", ".join(dict.fromkeys(t.get("runtime", "–") for t in report.get("targets") or [target]))),
              ("created", report.get("created", "–")), ("seed", report.get("seed", "–")),
              ("device", report.get("device", "–")), ("wall time", fmt(report.get("seconds"), lambda v: f"{v:.1f} s")),
              ("dataset", f"{data.get('dataset', '–')} ({data.get('train', '?')} / {data.get('val', '?')} / "

@@ -1,7 +1,9 @@
 """`onnx`: fp32 ONNX with a dynamic batch axis, at the target's opset, simplified with onnxslim."""
 from __future__ import annotations
 
+import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -13,11 +15,14 @@ from compress.errors import ExportError, described
 from . import Exporter, ExportRequest, register_exporter
 
 DEFAULT_OPSET = 17  # parsed by TensorRT 8.6+ and every current ONNX Runtime
+DYNAMO_OPSET = 18  # the lowest opset torch.onnx's torch.export-based exporter writes without a lossy conversion
 
 
 def opset_for(request: ExportRequest) -> int:
-    """The configured opset, or the target's maximum capped at DEFAULT_OPSET; never above the target's maximum."""
-    opset = request.config.opset or min(request.target.max_opset, DEFAULT_OPSET)
+    """The configured opset, or the target's maximum capped at DEFAULT_OPSET (at least DYNAMO_OPSET for the dynamo
+    exporter); never above the target's maximum."""
+    floor = DYNAMO_OPSET if request.config.exporter == "dynamo" else 0
+    opset = request.config.opset or max(floor, min(request.target.max_opset, DEFAULT_OPSET))
     if opset > request.target.max_opset:
         raise ExportError(f"export.opset {opset} is above target {request.target.name}'s maximum opset {request.target.max_opset}")
     return opset
@@ -34,7 +39,7 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
 
 def export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_loggers("torch.onnx", "onnxscript"):
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["input"],
@@ -47,6 +52,20 @@ def export_to(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: 
         raise
     except Exception as e:  # the exporters raise many unrelated types
         raise ExportError(f"ONNX export ({exporter}, opset {opset}) failed: {described(e)}") from None
+
+
+@contextmanager
+def quiet_loggers(*names: str):
+    """Only errors from these libraries' loggers while exporting (they narrate fallbacks as warnings with tracebacks)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def simplify(path: Path) -> None:

@@ -24,3 +24,15 @@ def test_image_copies_every_package_folder():
         assert f"COPY {folder} ./{folder}" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not {"compress", "export", "targets", "pyproject.toml", "README.md"} & set(ignored)
+
+
+def test_every_python_package_folder_is_installed():
+    """pyproject.toml lists packages explicitly: a new folder of modules must be in the list, or a wheel (and the
+    image) would lack it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    roots = {"compress": ROOT / "compress", "compress.export": ROOT / "export", "compress.targets": ROOT / "targets"}
+    found = {f"{name}{'.' + '.'.join(p.parent.relative_to(root).parts) if p.parent != root else ''}"
+             for name, root in roots.items() for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"

@@ -25,26 +25,13 @@ from compress.run_folder import remove_leftovers
 from compress.targets import resolve
 from compress.targets.profiling import check_failures, profile_artifacts
 from conftest import tiny_pipeline
+from test_faults import launch, wait_for
 
 TWO_STAGES = [{"type": "train", "name": "a", "epochs": 1, "lr": 0.05}, {"type": "train", "name": "b", "epochs": 1, "lr": 0.02}]
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(path, run_dir, *args) -> int:
     return main([str(path), "--run-dir", str(run_dir), "--quiet", *args])
-
-
-def launch(path, run_dir, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "compress.cli", str(path), "--run-dir", str(run_dir), "--quiet"],
-                            env=CHILD_ENV, stdout=subprocess.DEVNULL, **kwargs)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {path} appeared"
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
-        time.sleep(0.02)
 
 
 def test_build_script_quotes_every_value(tiny_data, tmp_path):
@@ -104,7 +91,7 @@ def test_a_second_run_on_the_same_folder_fails_at_once_naming_the_holder(write_p
     slow = write_pipeline(tiny_pipeline(stages=[{"type": "train", "epochs": 50, "lr": 0.01}]))
     proc = launch(slow, run_dir)
     try:
-        wait_for(run_dir / "pipeline.resolved.yaml", proc)
+        assert wait_for(run_dir / "pipeline.resolved.yaml", proc)
         started = time.monotonic()
         assert run(write_pipeline(tiny_pipeline(), "other.yaml"), run_dir) == 2
         err = capsys.readouterr().err
@@ -165,7 +152,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(write_pipeline, tmp_path):
     run_dir = tmp_path / "run"
     path = write_pipeline(tiny_pipeline(stages=[TWO_STAGES[0], {**TWO_STAGES[1], "epochs": 20}]))
     proc = launch(path, run_dir, stderr=subprocess.PIPE, text=True)
-    wait_for(run_dir / "stages" / "01-train" / "spec.json", proc)
+    assert wait_for(run_dir / "stages" / "01-train" / "spec.json", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
