@@ -241,15 +241,15 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
 
 def check_model_runs(model, spec, data) -> None:
     """The model takes the data's images and predicts its classes, before anything trains."""
-    device = next(model.parameters()).device
+    x = data.val.x[:2].to(next(model.parameters()).device)
     try:
         with evaluating(model):
-            out = model(data.val.x[:2].to(device))
+            out = model(x)
     except Exception as e:  # a model that cannot take these inputs fails in its own way
         raise ModelError(f"model {shown(spec.arch)} cannot run on the data's images of shape {tuple(data.input_shape)} "
                          f"(C, H, W): {described(e)}") from None
-    if tuple(out.shape) != (len(data.val.x[:2]), spec.num_classes):
-        raise ModelError(f"model {shown(spec.arch)} outputs shape {tuple(out.shape)} for a batch of 2, not (2, "
+    if tuple(out.shape) != (len(x), spec.num_classes):
+        raise ModelError(f"model {shown(spec.arch)} outputs shape {tuple(out.shape)} for a batch of {len(x)}, not ({len(x)}, "
                          f"{spec.num_classes}): it must return one logit per class")
 
 
