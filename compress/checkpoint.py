@@ -136,9 +136,3 @@ def load_model_dir(folder: Path, device: torch.device | str = "cpu") -> tuple[nn
     spec = model_spec(folder, meta)
     model = load_weights(build_model(spec), folder / WEIGHTS).to(device)
     return model, spec, read_metrics(folder)
-
-
-def variant_names(folder: Path) -> list[str]:
-    """The names of the variants a stage folder holds."""
-    meta = read_spec(folder)
-    return list(meta.variants) if meta else []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -101,6 +102,13 @@ class TrainConfig(Strict):
     warmup_epochs: float = Field(0.0, ge=0, le=100_000, description="linear warm-up, may be fractional")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm")
+
+
+def config_models(annotation: Any) -> list[type[BaseModel]]:
+    """The config models a field's annotation holds: itself, or those inside Optional, list, dict or a union."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in config_models(arg)]
 
 
 def sha256_json(obj: Any) -> str:

@@ -68,34 +68,9 @@ def resolve_targets(pipeline: Pipeline, override: Optional[str]) -> list:
 
 def check_run(pipeline: Pipeline, targets: list) -> None:
     """Settings that can only be checked against the registries and the targets, all at once."""
-    from .export import EXPORTERS
-    from .export.onnx import DYNAMO_OPSET
-    from .export.runner import default_formats
+    from .export.runner import export_problems
 
-    problems, export = [], pipeline.config.export
-    for i, fmt in enumerate(export.formats or []):
-        if fmt not in EXPORTERS:
-            problems.append(f"export.formats[{i}]: {EXPORTERS.miss_message(fmt)}")
-        elif fmt in export.formats[:i]:
-            problems.append(f"export.formats[{i}]: {fmt} is listed twice")
-        for target in targets:
-            cls = EXPORTERS.get(fmt) if fmt in EXPORTERS else None
-            if cls is not None and cls.packages and cls.runtime != target.runtime:
-                problems.append(f"export.formats[{i}]: {fmt} packages for the {cls.runtime} runtime; target {target.name} "
-                                f"runs {target.runtime}")
-    for target in targets:
-        if export.opset is not None and export.opset > target.max_opset:
-            problems.append(f"export.opset: {export.opset} is above target {target.name}'s maximum opset {target.max_opset}")
-        if export.exporter == "dynamo" and target.max_opset < DYNAMO_OPSET:
-            problems.append(f"export.exporter: dynamo writes opset {DYNAMO_OPSET} or above, and target {target.name} parses up "
-                            f"to {target.max_opset}; use exporter: torchscript")
-        if export.exporter == "dynamo" and export.opset is not None and export.opset < DYNAMO_OPSET:
-            problems.append(f"export.opset: {export.opset} is below {DYNAMO_OPSET}, the lowest the dynamo exporter writes")
-        files = [EXPORTERS.get(f) for f in export.formats or default_formats(target) if f in EXPORTERS]
-        files = [cls for cls in files if not cls.packages]
-        if files and not any(cls.precision in target.precisions for cls in files):
-            problems.append(f"export.formats: no format asked for can be deployed on target {target.name}, which runs "
-                            f"{', '.join(target.precisions)}; ask for one in those precisions (e.g. onnx-int8 for int8)")
+    problems = export_problems(pipeline.config.export, targets)
     if len(targets) > 1:
         names = ", ".join(t.name for t in targets)
         for i, stage in enumerate(pipeline.stages):

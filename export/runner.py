@@ -16,6 +16,7 @@ from compress.targets.cost import estimate_latency_ms, estimate_memory_mb
 from compress.training import predict
 
 from . import EXPORTERS, Artifact, ExportRequest
+from .onnx import DYNAMO_OPSET
 from .preflight import check_graph
 from .tensorrt import bundle_artifact
 from .validate import validate_artifact
@@ -31,6 +32,36 @@ def default_formats(target: TargetProfile) -> list[str]:
         elif not cls.packages and name != "onnx" and cls.precision in target.preferred_precisions:
             files.append(name)
     return files + packages
+
+
+def export_problems(config: ExportConfig, targets: list[TargetProfile]) -> list[str]:
+    """What is wrong with the export settings for these targets, found before anything trains: unknown or repeated
+    formats, packaging for another runtime, opsets the targets or the exporter cannot take, and targets on which no
+    requested format could ever be deployed."""
+    problems, formats = [], config.formats or []
+    for i, fmt in enumerate(formats):
+        if fmt not in EXPORTERS:
+            problems.append(f"export.formats[{i}]: {EXPORTERS.miss_message(fmt)}")
+            continue
+        if fmt in formats[:i]:
+            problems.append(f"export.formats[{i}]: {fmt} is listed twice")
+        cls = EXPORTERS.get(fmt)
+        problems += [f"export.formats[{i}]: {fmt} packages for the {cls.runtime} runtime; target {t.name} runs {t.runtime}"
+                     for t in targets if cls.packages and cls.runtime != t.runtime]
+    if config.exporter == "dynamo" and config.opset is not None and config.opset < DYNAMO_OPSET:
+        problems.append(f"export.opset: {config.opset} is below {DYNAMO_OPSET}, the lowest the dynamo exporter writes")
+    for target in targets:
+        if config.opset is not None and config.opset > target.max_opset:
+            problems.append(f"export.opset: {config.opset} is above target {target.name}'s maximum opset {target.max_opset}")
+        if config.exporter == "dynamo" and target.max_opset < DYNAMO_OPSET:
+            problems.append(f"export.exporter: dynamo writes opset {DYNAMO_OPSET} or above, and target {target.name} parses up "
+                            f"to {target.max_opset}; use exporter: torchscript")
+        files = [EXPORTERS.get(f) for f in formats or default_formats(target) if f in EXPORTERS]
+        precisions = [cls.precision for cls in files if not cls.packages]
+        if precisions and not set(precisions) & set(target.precisions):
+            problems.append(f"export.formats: no format asked for can be deployed on target {target.name}, which runs "
+                            f"{', '.join(target.precisions)}; ask for one in those precisions (e.g. onnx-int8 for int8)")
+    return problems
 
 
 def export_and_validate(model, spec: ModelSpec, data: DataBundle, config: ExportConfig, target: TargetProfile,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-import typing
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
 
+from compress.config import config_models
 from compress.pipeline_file import PipelineConfig
 from compress.stages import STAGES
 from compress.targets.profile import TargetProfile
@@ -46,13 +46,6 @@ def type_text(schema: dict) -> str:
     return f"{kind} ({', '.join(bounds)})" if bounds else kind
 
 
-def nested_models(annotation) -> list[type[BaseModel]]:
-    """The config models a field's annotation holds (itself, or inside Optional, list, dict or a union)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in nested_models(arg)]
-
-
 def model_table(model: type[BaseModel], heading: str, note: str = "") -> str:
     """A markdown section: `heading`, `note`, and a row per key of `model`."""
     properties = model.model_json_schema()["properties"]
@@ -78,7 +71,7 @@ def render() -> str:
     for model, heading, note in sections:
         parts.append(model_table(model, heading, note))
         written.add(model)
-        queue += [m for field in model.model_fields.values() for m in nested_models(field.annotation)]
+        queue += [m for field in model.model_fields.values() for m in config_models(field.annotation)]
     while queue:
         model = queue.pop(0)
         if model in written:
@@ -86,7 +79,7 @@ def render() -> str:
         written.add(model)
         doc = (model.__doc__ or "").strip()
         parts.append(model_table(model, model.__name__, f"{doc}\n\n" if doc else ""))
-        queue += [m for field in model.model_fields.values() for m in nested_models(field.annotation)]
+        queue += [m for field in model.model_fields.values() for m in config_models(field.annotation)]
     return "\n".join(parts)
 
 

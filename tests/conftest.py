@@ -2,7 +2,6 @@
 shrinks any config to a quick run by the values its schema declares."""
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 import yaml
 from pydantic import BaseModel
 
-from compress.config import DataConfig
+from compress.config import DataConfig, config_models
 from compress.context import RunContext
 from compress.data import load_data
 from compress.targets import resolve
@@ -58,13 +57,6 @@ def tiny_pipeline(**overrides) -> dict:
     return config
 
 
-def config_model(annotation) -> type[BaseModel] | None:
-    """The config model a field holds: itself, or inside Optional[...], list[...] or a union."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next((m for arg in typing.get_args(annotation) if (m := config_model(arg))), None)
-
-
 def smoke(entry: dict, model: type[BaseModel]) -> dict:
     """`entry` with every field whose schema declares a `smoke` value (epochs: 1, frequency: 2, latency_runs: 2, ...)
     set to it, in nested configs too: a quick run of the same settings, whatever the stage."""
@@ -73,7 +65,7 @@ def smoke(entry: dict, model: type[BaseModel]) -> dict:
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if "smoke" in extra:
             out[name] = extra["smoke"]
-        elif (inner := config_model(field.annotation)) is not None:
+        elif inner := next(iter(config_models(field.annotation)), None):
             value = out[name] if name in out else {} if field.default_factory is not None else None
             if isinstance(value, list):
                 out[name] = [smoke(item, inner) if isinstance(item, dict) else item for item in value]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import family_stage  # noqa: F401  (registers `type: family`, a stage with variants)
-from compress.checkpoint import load_model_dir, variant_names
+from compress.checkpoint import load_model_dir, read_spec
 from compress.cli import main
 from compress.stages import STAGES
 from compress.training import evaluate
@@ -36,7 +36,7 @@ def test_stage_contract(stage_type, write_pipeline, tmp_path, tiny_data):
     assert [s["status"] for s in report["stages"]] == ["resumed", "resumed"]
 
     folder = run_dir / "stages" / f"02-{stage_type}"
-    names = variant_names(folder)
+    names = list(read_spec(folder).variants)
     for model_folder in [folder, *(folder / "variants" / name for name in names)]:
         model, spec, metrics = load_model_dir(model_folder)
         assert evaluate(model, tiny_data.val)["accuracy"] == pytest.approx(metrics["val_accuracy"]), model_folder

@@ -1,14 +1,14 @@
-"""Budgets a compressed model must meet (MACs, latency on a target, size) and the search for the smallest compression
+"""Budgets a compressed model must meet (MACs, latency on a target) and the search for the smallest compression
 ratio that meets one. Shared by every stage that compresses to a budget."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from torch import nn
 
 from ..errors import ConfigError
-from ..metrics import count_macs, layer_costs, model_metrics
+from ..metrics import count_macs, layer_costs
 
 if TYPE_CHECKING:
     from ..targets import TargetProfile
@@ -42,16 +42,17 @@ def latency_goal(ms: float, target: "TargetProfile", input_shape: tuple[int, ...
     return Goal(key, ms, lambda m: estimate_latency_ms(layer_costs(m, input_shape), precision, target))
 
 
-def size_goal(mb: float, input_shape: tuple[int, ...], key: str = "size_mb") -> Goal:
-    """fp32 weights of at most `mb` megabytes."""
-    return Goal(key, mb, lambda m: model_metrics(m, input_shape)["size_bytes"] / 1e6)
-
-
-def target_goal(ms_or_budget, target: "TargetProfile | None", input_shape: tuple[int, ...]) -> Goal:
-    """A latency goal from a setting that is milliseconds or 'budget' (the target's `budgets.latency_ms`)."""
+def goal_for(target_macs: Optional[float], target_latency_ms, model: nn.Module, target: Optional[TargetProfile],
+             input_shape: tuple[int, ...]) -> Optional[Goal]:
+    """The goal a stage's `target_macs` (a share of `model`'s MACs) or `target_latency_ms` (milliseconds, or 'budget':
+    the target's `budgets.latency_ms`) set; None when neither is set."""
+    if target_macs is not None:
+        return macs_goal(target_macs, model, input_shape)
+    if target_latency_ms is None:
+        return None
     if target is None:
         raise ConfigError("target_latency_ms needs a target profile")
-    value = target.budgets.latency_ms if ms_or_budget == "budget" else ms_or_budget
+    value = target.budgets.latency_ms if target_latency_ms == "budget" else target_latency_ms
     if value is None:
         raise ConfigError(f"target_latency_ms: budget: target {target.name} has no latency budget; give milliseconds")
     return latency_goal(value, target, input_shape)

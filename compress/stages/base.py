@@ -28,11 +28,6 @@ class StageConfig(Strict):
         return {}
 
 
-def stage_label(config: StageConfig) -> str:
-    """How logs, the report and other stages name a stage: its `name`, or its type."""
-    return config.name or config.type
-
-
 @dataclass
 class Variant:
     """A model a stage hands on besides its primary one: a sub-network, an assembled model, a student."""
@@ -66,7 +61,8 @@ class Stage:
 
     @property
     def label(self) -> str:
-        return stage_label(self.config)
+        """How logs, the report and other stages name it: its `name`, or its type."""
+        return self.config.name or self.config.type
 
     def target_dependence(self) -> Optional[str]:
         """Why the result depends on the target profile (it then enters the resume hash), or None when it does not."""

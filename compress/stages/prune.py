@@ -131,20 +131,13 @@ class PruneStage(Stage):
     def plan(self, model, ctx) -> Plan:
         """Layers, scope and schedule; a pattern that matches nothing or a schedule that does not fit is a ConfigError."""
         from ..methods.pruning.blocks import blocks_to_drop
-        from ..methods.pruning.masks import layers_in_order, nm_eligible, select
+        from ..methods.pruning.masks import layers_in_order, nm_eligible, pruning_scope
         from ..training import make_loader
 
         cfg = self.config
         try:
             layers = layers_in_order(model, ctx.data.input_shape)
-            names = list(layers)
-            default = names[-1:] if cfg.method == "channel" else list(dict.fromkeys([names[0], names[-1]]))
-            scope = select(names, cfg.include, default if cfg.exclude is None else cfg.exclude)
-            if not scope:
-                raise ConfigError("include/exclude leave no conv or linear layer to prune")
-            if cfg.method == "channel" and names[-1] in scope:
-                raise ConfigError(f"exclude: the output layer {names[-1]!r} would lose outputs (its channels are the "
-                                  f"classes); keep it excluded")
+            scope = pruning_scope(list(layers), cfg.include, cfg.exclude, structured=cfg.method == "channel")
             if cfg.method == "nm" and not any(nm_eligible(layers[n].weight, cfg.nm[1]) for n in scope):
                 raise ConfigError(f"no layer in scope can hold the {cfg.pattern} pattern (input channels must be a multiple "
                                   f"of {cfg.nm[1]})")
@@ -152,22 +145,16 @@ class PruneStage(Stage):
             cfg.schedule.steps(total)
             if cfg.drop_blocks:
                 blocks_to_drop(model, ctx.data.input_shape, cfg.drop_blocks, ctx.target)
-            if cfg.target_latency_ms is not None:
-                self.goal(model, ctx)
+            self.goal(model, ctx)
         except ConfigError as e:
             raise ConfigError(f"stage {ctx.stage_name!r}: {e}") from None
         return Plan(layers, scope, total)
 
     def goal(self, model, ctx):
         """The MACs or latency goal of the channel search, or None for a plain channel ratio."""
-        from ..methods.budget import macs_goal, target_goal
+        from ..methods.budget import goal_for
 
-        cfg, shape = self.config, ctx.data.input_shape
-        if cfg.target_macs is not None:
-            return macs_goal(cfg.target_macs, model, shape)
-        if cfg.target_latency_ms is not None:
-            return target_goal(cfg.target_latency_ms, ctx.target, shape)
-        return None
+        return goal_for(self.config.target_macs, self.config.target_latency_ms, model, ctx.target, ctx.data.input_shape)
 
     def run(self, model, spec, ctx) -> StageResult:
         from ..training import Trainer
@@ -203,8 +190,8 @@ class PruneStage(Stage):
         import torch
 
         from ..metrics import count_macs
-        from ..methods.pruning.blocks import BlockDropping, blocks_to_drop
-        from ..methods.pruning.channels import ChannelPruning, channel_sparsity, check_rebuilds, make_pruner, shapes_for
+        from ..methods.pruning.blocks import blocks_to_drop
+        from ..methods.pruning.channels import channel_sparsity, check_rebuilds, schedule_channels, shapes_for
         from ..models.resize import resize_changes, shape_attrs
         from ..models.spec import Drop, Resize
 
@@ -220,14 +207,7 @@ class PruneStage(Stage):
             raise ConfigError(f"schedule.initial_sparsity {cfg.schedule.initial_sparsity} is above the channel ratio "
                               f"{ratio:.3f} that {goal.key} {goal.value:g} needs")
         check_rebuilds(pruned, spec.then(Resize(modules=resize_changes(before, shape_attrs(pruned))), Drop(modules=dropped)))
-        if dropped:  # the blocks fade out on the channels' schedule, from 1 (kept) to 0 (gone)
-            done = cfg.schedule.ramp(plan.total_steps)
-            trainer.callbacks.append(BlockDropping(model, dropped, lambda step: 1.0 - done(step)))
-        events, applied = cfg.schedule.events(ratio, plan.total_steps), []
-        if events:
-            pruner = make_pruner(model, example, ignored, [v for _, v in events], cfg.importance, round_to)
-            trainer.callbacks.append(callback := ChannelPruning(pruner, events))
-            applied = callback.applied
+        applied = schedule_channels(trainer, model, example, ignored, dropped, ratio, cfg.schedule, cfg.importance, round_to)
         history = trainer.fit()
         after = shape_attrs(model)
         metrics = {"method": "channel", "scope": plan.scope, "schedule": applied, "channel_ratio": ratio, "round_to": round_to,

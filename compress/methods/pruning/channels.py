@@ -15,8 +15,8 @@ from ...models import ModelSpec, build_model
 from ...models.resize import remove_modules, shape_attrs
 from ...training import Callback, Trainer, evaluating
 from ..budget import MAX_RATIO, Goal, smallest_ratio
-from .blocks import nested
-from .schedule import Event
+from .blocks import BlockDropping, nested
+from .schedule import Event, ScheduleConfig
 
 IMPORTANCE = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -104,6 +104,22 @@ def shapes_for(model: nn.Module, example: torch.Tensor, ignored: list[str], drop
         raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
                           f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
     return ratio, pruned
+
+
+def schedule_channels(trainer: Trainer, model: nn.Module, example: torch.Tensor, ignored: list[str], dropped: list[str],
+                      ratio: float, schedule: ScheduleConfig, importance: str, round_to: int) -> list[list]:
+    """Put the pruning on `trainer`: `dropped` blocks fade into the identity and channels shrink to `ratio`, both on
+    `schedule`. Returns the list the channel pruner fills with [step, ratio] as it applies them."""
+    total = trainer.total_steps
+    if dropped:  # from 1 (kept) to 0 (gone) along the schedule
+        done = schedule.ramp(total)
+        trainer.callbacks.append(BlockDropping(model, dropped, lambda step: 1.0 - done(step)))
+    events = schedule.events(ratio, total)
+    if not events:
+        return []
+    callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], importance, round_to), events)
+    trainer.callbacks.append(callback)
+    return callback.applied
 
 
 def channel_sparsity(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], layers: list[str]) -> dict[str, float]:

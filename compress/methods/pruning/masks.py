@@ -38,6 +38,20 @@ def select(names: list[str], include: list[str], exclude: list[str]) -> list[str
     return [n for n in names if any(fnmatchcase(n, p) for p in include) and not any(fnmatchcase(n, p) for p in exclude)]
 
 
+def pruning_scope(names: list[str], include: list[str], exclude: Optional[list[str]], structured: bool) -> list[str]:
+    """The layers a pruner may touch, in forward order: `include` minus `exclude`. The default `exclude` is the
+    classifier (and the first layer for weight masks); a structured pruner may never take the classifier, whose
+    outputs are the classes."""
+    default = names[-1:] if structured else list(dict.fromkeys([names[0], names[-1]]))
+    scope = select(names, include, default if exclude is None else exclude)
+    if not scope:
+        raise ConfigError("include/exclude leave no conv or linear layer to prune")
+    if structured and names[-1] in scope:
+        raise ConfigError(f"exclude: the output layer {names[-1]!r} would lose outputs (its channels are the classes); "
+                          f"keep it excluded")
+    return scope
+
+
 def nm_rows(t: torch.Tensor, m: int) -> torch.Tensor:
     """`t` as rows of `m` consecutive values along the input dimension (dim 1), the layout of TensorRT's 2:4 kernels."""
     return t.movedim(1, -1).reshape(-1, m)
