@@ -197,10 +197,13 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
         return None
 
     test = evaluate(model, data.test, cfg.data.eval_batch_size, torch_device) if data.test is not None else None
-    family = [(None, model, spec)] + [(name, *load_model_dir(folders[i] / VARIANTS / name)[:2])
-                                      for i, name in exported_variants(cfg.export.variants, records, pipeline.path)]
-    say(f"export and validation: {len(family)} model(s) x {len(targets)} target(s)", quiet)
-    artifacts, deployments = export_for_targets(family, data, cfg.export, targets, run_dir / "artifacts", cfg.data.eval_batch_size)
+    asked = exported_variants(cfg.export.variants, records, pipeline.path)
+    loaded = {name: (name, *load_model_dir(folders[i] / VARIANTS / name)[:2])
+              for i, name in dict.fromkeys(asked + [item for t in targets for item in chosen_variants(records, t.name)])}
+    families = {t.name: [(None, model, spec)] + [loaded[name] for _, name in dict.fromkeys(asked + chosen_variants(records, t.name))]
+                for t in targets}
+    say(f"export and validation: {sum(map(len, families.values()))} model(s) over {len(targets)} target(s)", quiet)
+    artifacts, deployments = export_for_targets(families, data, cfg.export, targets, run_dir / "artifacts", cfg.data.eval_batch_size)
     report = build_report(pipeline, targets, run_dir, data, spec, records, artifacts, deployments, test,
                           seconds=time.time() - started, device=str(torch_device))
     write_report(run_dir, report)
@@ -262,6 +265,13 @@ def exported_variants(choice, records: list[dict], path: Path) -> list[tuple[int
         raise ConfigError(f"{path}: export.variants: {unknown[0]!r} is not a variant of this run; the variants are: "
                           f"{', '.join(names) or '(none: no stage produced any)'}")
     return [item for item in produced if item[1] in choice]
+
+
+def chosen_variants(records: list[dict], target: str) -> list[tuple[int, str]]:
+    """(stage index, name) of the variants a stage chose for `target` (their metrics' `chosen_for` names it): they
+    are exported for that target whatever `export.variants` says."""
+    return [(r["index"], v["name"]) for r in records for v in r.get("variants", [])
+            if target in (v.get("metrics") or {}).get("chosen_for", [])]
 
 
 def resumed_record(folder: Path) -> dict:

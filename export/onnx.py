@@ -82,6 +82,17 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def stamp_spec(path: Path, spec) -> None:
+    """Record the model's spec (architecture, arguments, transforms: e.g. a sub-network's widths and dropped blocks)
+    in the ONNX file's metadata as `compress.spec`, so a file says which model it is."""
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != "compress.spec"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key="compress.spec", value=spec.model_dump_json())
+    save_onnx(model, path)
+
+
 def fp32_onnx(request: ExportRequest) -> Path:
     """The fp32 ONNX file of this export: the `onnx` artifact already made, or a new one."""
     for artifact in request.artifacts:

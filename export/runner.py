@@ -16,7 +16,7 @@ from compress.targets.cost import estimate_latency_ms, estimate_memory_mb
 from compress.training import predict
 
 from . import EXPORTERS, Artifact, ExportRequest
-from .onnx import DYNAMO_OPSET
+from .onnx import DYNAMO_OPSET, stamp_spec
 from .preflight import check_graph
 from .tensorrt import bundle_artifact
 from .validate import validate_artifact
@@ -78,6 +78,8 @@ def export_and_validate(model, spec: ModelSpec, data: DataBundle, config: Export
         exporter = EXPORTERS.get(fmt)()
         try:
             path = exporter.export(request)
+            if path.suffix == ".onnx":
+                stamp_spec(path, request.spec)
             if exporter.packages:
                 request.artifacts.append(bundle_artifact(path, request, exporter.notes))
                 continue
@@ -103,16 +105,17 @@ def export_and_validate(model, spec: ModelSpec, data: DataBundle, config: Export
     return request.artifacts, choose_deployable(request.artifacts, target)
 
 
-def export_for_targets(family: list[tuple[Optional[str], object, ModelSpec]], data: DataBundle, config: ExportConfig,
-                       targets: list[TargetProfile], out_dir: Path, eval_batch_size: int = 512) -> tuple[list[Artifact], dict]:
-    """Export and validate every (variant name or None, model, spec) of `family` for every target, in
-    `out_dir[/<target>][/<variant>]`, and choose per target: the deployment matrix (target name -> deploy or None).
-    A model whose export fails is recorded as failed; the others are still exported."""
+def export_for_targets(families: dict[str, list[tuple[Optional[str], object, ModelSpec]]], data: DataBundle,
+                       config: ExportConfig, targets: list[TargetProfile], out_dir: Path,
+                       eval_batch_size: int = 512) -> tuple[list[Artifact], dict]:
+    """Export and validate every (variant name or None, model, spec) of each target's family (target name -> models)
+    for that target, in `out_dir[/<target>][/<variant>]`, and choose per target: the deployment matrix (target name
+    -> deploy or None). A model whose export fails is recorded as failed; the others are still exported."""
     artifacts, deployments = [], {}
     for target in targets:
         folder = out_dir if len(targets) == 1 else out_dir / target.name
         choices = []
-        for variant, model, spec in family:
+        for variant, model, spec in families[target.name]:
             try:
                 made, deploy = export_and_validate(model, spec, data, config, target, folder / (variant or ""),
                                                    eval_batch_size, variant=variant)

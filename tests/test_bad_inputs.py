@@ -151,6 +151,12 @@ def user_net_raising(in_channels: int, num_classes: int, **kwargs):
     raise ValueError(f"depth must be one of 18, 34, 50 (got {kwargs.get('depth')})")
 
 
+def user_net_groupnorm(in_channels: int, num_classes: int):
+    """A `python:` model whose only hidden channels feed a GroupNorm, which a sub-network cannot narrow."""
+    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3), torch.nn.GroupNorm(2, 8), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, num_classes))
+
+
 def user_net_flat(in_channels: int, num_classes: int):
     """A `python:` model that ignores num_classes: three outputs for a ten-class dataset."""
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
@@ -412,6 +418,22 @@ CATALOGUE = [
      ["stages[0].temperature: Input should be less than or equal to 1000"]),
     ("meal/teacher-count-huge", lambda s: s.run(stages=[{"type": "meal", "teachers": [{"train": {"arch": "cnn_s", "count": 100000}}]}]), 2,
      ["stages[0].teachers[0].train.count: Input should be less than or equal to 64"]),
+    ("slice/width-out-of-range", lambda s: s.run(stages=[{"type": "slice", "widths": [0, 1.0]}]), 2,
+     ["stages[0].widths: every width must be in (0, 1], got 0"]),
+    ("slice/widths-empty", lambda s: s.run(stages=[{"type": "slice", "widths": []}]), 2,
+     ["stages[0].widths: List should have at least 1 item"]),
+    ("slice/no-full-width", lambda s: s.run(stages=[{"type": "slice", "widths": [0.25, 0.5]}]), 2,
+     ["stages[0].widths: must include 1.0: the full network"]),
+    ("slice/depth-beyond-the-model", lambda s: s.run(stages=[{"type": "slice", "depths": [1, 3]}],
+                                                     model={"arch": "resnet_s", "kwargs": {"depths": [2, 1, 1]}}), 2,
+     ["stage 'slice': depths: 3 blocks per stage, but the model's longest residual stage has 2"]),
+    ("slice/nothing-to-nest", lambda s: s.run(stages=[{"type": "slice"}], model={"arch": "python:test_bad_inputs:user_net_groupnorm"}), 2,
+     ["stage 'slice': no channel group of the model can be nested", "1 (GroupNorm"]),
+    ("slice/no-sub-network-fits", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(budgets={"latency_ms": 1e-4})),
+                                                  stages=[{"type": "slice"}]), 2,
+     ["no sub-network can fit the budgets of target my-box: the smallest, w0.25, has latency_ms", "> 0.0001"]),
+    ("slice/teacher-stage-missing", lambda s: s.run(stages=[{"type": "train"}, {"type": "slice", "inplace_distillation": {"stage": "big"}}]), 2,
+     ["stages[1].inplace_distillation.stage: 'big' is not an earlier stage; expected one of: train"]),
     ("data/npy-not-npz", lambda s: s.npz(npy_bytes(images(4))), 2, ["data.npz: an .npy array, not an .npz archive"]),
     ("data/npz-labels-2d", lambda s: s.npz(npz_train(y_train=labels(40)[:, None])), 2,
      ["y_train: expected a 1-D array of integer class labels from 0 to 99,999, got int64 of shape (40, 1)"]),

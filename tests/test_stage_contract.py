@@ -13,7 +13,7 @@ from compress.stages import STAGES
 from compress.training import evaluate
 from conftest import smoke, tiny_pipeline
 
-MODEL = {"arch": "resnet_s", "kwargs": {"widths": [16, 32], "depths": [1, 1]}}  # a residual block to drop, room to prune
+MODEL = {"arch": "resnet_s", "kwargs": {"widths": [16, 32], "depths": [2, 1]}}  # residual blocks to drop, room to prune
 EXPORT = {"formats": ["onnx"], "variants": "all", "latency_runs": 2, "latency_batch_sizes": [1]}
 
 

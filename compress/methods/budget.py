@@ -73,3 +73,22 @@ def smallest_ratio(trial: Callable[[float], nn.Module], goal: Goal, iterations: 
         else:
             low = mid
     return high, best
+
+
+def target_costs(model: nn.Module, target: "TargetProfile", input_shape: tuple[int, ...]) -> dict[str, float]:
+    """Batch-1 latency, run-time memory and weights size of `model` on `target` at its first preferred precision,
+    from the cost model: what the target's budgets are checked against before anything is exported."""
+    from ..targets.cost import BYTES_PER_VALUE, estimate_latency_ms, estimate_memory_mb
+
+    precision = target.preferred_precisions[0]
+    layers = layer_costs(model, input_shape)
+    weight_bytes = sum(p.numel() for p in model.parameters()) * BYTES_PER_VALUE[precision]
+    return {"latency_ms": estimate_latency_ms(layers, precision, target), "size_mb": weight_bytes / 1e6,
+            "memory_mb": estimate_memory_mb(layers, weight_bytes, precision)}
+
+
+def over_budget(costs: dict[str, float], target: "TargetProfile") -> list[str]:
+    """The target's latency, size and memory budgets that `costs` (from `target_costs`) exceed, as phrases."""
+    budgets = target.budgets
+    limits = {"latency_ms": budgets.latency_ms, "size_mb": budgets.size_mb, "memory_mb": budgets.memory_mb}
+    return [f"{key} {costs[key]:.3g} > {limit:g}" for key, limit in limits.items() if limit is not None and costs[key] > limit]

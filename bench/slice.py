@@ -1,0 +1,224 @@
+"""Slicing benchmark: one sorted (SortedNet) run against the same architecture trained separately at four widths.
+
+Per seed, the pipeline's `slice` stage trains a resnet_s supernet once for E epochs (sandwich rule, in-place
+distillation) and cuts out its grid (8 widths x 2 depths), choosing a sub-network for each of three targets. The same
+architecture at widths 0.25, 0.5, 0.75 and 1.0 (full depth) is trained from scratch separately, each for the same E
+epochs, and once more with the four runs' epochs scaled to the sorted run's training time (equal total compute).
+Accuracy is top-1 on the test split. Writes the `slice` section of docs/benchmarks.md and docs/slice-pareto.svg;
+finished work is cached in the work folder, so a rerun resumes (delete it after code changes).
+
+    python bench/slice.py --data-root ../shared/data/fashion-mnist          # full scale: about 40 minutes on 2 cores
+    python bench/slice.py --dataset bundled --limit 512 --epochs 1 --seeds 0 --work-dir /tmp/slice \\
+        --out /tmp/slice.md --plot /tmp/slice.svg                              # smoke test
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from common import bench_parser, cached_model, command_line, machine_line, write_section
+from compress.atomic import atomic_write
+from compress.checkpoint import VARIANTS, load_model_dir
+from compress.config import DataConfig
+from compress.context import RunContext
+from compress.data import load_data
+from compress.metrics import layer_costs
+from compress.models import build_model
+from compress.models.spec import ModelSpec
+from compress.pipeline import run_pipeline, seed_everything, stage_folder
+from compress.report_html import Point, pareto_svg, si
+from compress.targets import resolve
+from compress.targets.cost import estimate_latency_ms
+from compress.training import TrainConfig, Trainer, evaluate
+
+ARCH = {"arch": "resnet_s", "kwargs": {"widths": [8, 16, 32], "depths": [2, 2, 2]}}
+COMPARED = [0.25, 0.5, 0.75, 1.0]
+TARGETS = ["host", "raspberry-pi-5", "jetson-orin-nano"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    p = bench_parser(__doc__)
+    p.add_argument("--epochs", type=int, default=2, help="epochs of the sorted run and of each separate run")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/bench-slice"), help="pipeline runs and separate-training cache")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--plot", type=Path, default=REPO / "docs" / "slice-pareto.svg")
+    return p.parse_args(argv)
+
+
+def training(args, epochs: int) -> dict:
+    return {"epochs": epochs, "lr": 0.1, "warmup_epochs": 0.3}
+
+
+def pipeline(args, seed: int) -> dict:
+    data = {"dataset": args.dataset, "batch_size": 128}
+    if args.data_root:
+        data["root"] = str(args.data_root.resolve())
+    if args.limit:
+        data["limit"] = args.limit
+    return {"name": f"slice-{seed}", "seed": seed, "model": ARCH, "data": data,
+            "stages": [{"type": "slice", "depths": [1, 2], "round_to": 4, **training(args, args.epochs)}],
+            "export": {"formats": ["onnx"], "latency_runs": 20}, "targets": TARGETS}
+
+
+def member_name(subnets: dict, name: str) -> str:
+    """The grid member `name` is, under its own name or one it is the same sub-network as."""
+    return next(n for n, m in subnets.items() if n == name or name in m.get("same_as", []))
+
+
+def sorted_run(args, seed: int, data) -> dict:
+    """Run the pipeline (resumed when done) and score every sub-network on the test split."""
+    folder = args.work_dir / f"sorted-{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    atomic_write(path, yaml.safe_dump(pipeline(args, seed), sort_keys=False).encode())
+    report = run_pipeline(path, run_dir=folder / "run", quiet=True)
+    metrics = report["stages"][0]["metrics"]
+    stage = stage_folder(folder / "run", 0, "slice")
+    primary = next(iter(metrics["chosen"].values()))
+    scores = {}
+    for name, m in metrics["subnets"].items():
+        model, spec, _ = load_model_dir(stage if name == primary else stage / VARIANTS / name)
+        scores[name] = {**m, "test_accuracy": evaluate(model, data.test)["accuracy"], "spec": spec, "model": model}
+    return {"subnets": scores, "chosen": metrics["chosen"], "train_seconds": metrics["train_seconds"]}
+
+
+def separate(args, spec: ModelSpec, epochs: int, seed: int, data, data_cfg: DataConfig, tag: str) -> dict:
+    """The sub-network's architecture trained from scratch for `epochs` (cached); test accuracy and training time."""
+    def make():
+        seed_everything(seed)
+        model = build_model(spec)
+        ctx = RunContext(data=data, data_config=data_cfg, seed=seed, quiet=True, stage_name=tag)
+        Trainer(model, TrainConfig(**training(args, epochs)), ctx).fit()
+        return model, spec
+
+    model, _, metrics = cached_model(args.work_dir / f"{tag}-{seed}", make)
+    return {"test_accuracy": evaluate(model, data.test)["accuracy"], "seconds": metrics["seconds"]}
+
+
+def spread(values: list[float]) -> str:
+    """Mean with the range over seeds, in points."""
+    return f"{100 * statistics.mean(values):.2f} ({100 * min(values):.2f}-{100 * max(values):.2f})"
+
+
+def e2e_points() -> list[Point]:
+    """The pruned and small dense fp32 rows of the e2e section (MACs, test accuracy), read from docs/benchmarks.md."""
+    text = (REPO / "docs" / "benchmarks.md").read_text()
+    section = text.split("<!-- bench:e2e:start -->")[-1].split("<!-- bench:e2e:end -->")[0]
+    points = []
+    for row in re.findall(r"^\| (torch-pruning one-shot|small dense from scratch|ours: after MEAL) \| ([\d.]+)% \|[^|]*\|[^|]*\| "
+                          r"([\d.]+)M \|", section, re.M):
+        points.append(Point(f"e2e: {row[0]}", float(row[2]) * 1e6, float(row[1]) / 100, group="variant"))
+    return points
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    data_cfg = DataConfig(dataset=args.dataset, root=args.data_root.resolve() if args.data_root else None,
+                          limit=args.limit, batch_size=128)
+    data = load_data(data_cfg, args.seeds[0])
+    host = resolve("host")
+    runs, alone, equal = [], [], []
+    for seed in args.seeds:
+        run = sorted_run(args, seed, data)
+        names = {w: member_name(run["subnets"], f"w{w:g}-d2") for w in COMPARED}
+        alone.append({w: separate(args, run["subnets"][n]["spec"], args.epochs, seed, data, data_cfg, f"alone-w{w:g}")
+                      for w, n in names.items()})
+        scale = run["train_seconds"] / sum(r["seconds"] for r in alone[-1].values())
+        epochs = max(1, round(args.epochs * scale))
+        equal.append({w: separate(args, run["subnets"][n]["spec"], epochs, seed, data, data_cfg, f"equal-w{w:g}-e{epochs}")
+                      for w, n in names.items()} if epochs != args.epochs else None)
+        runs.append({**run, "names": names, "equal_epochs": epochs})
+
+    first = runs[0]["subnets"]
+    full = member_name(first, "w1-d2")
+    lines = ["## Sub-network slicing: one sorted run against separate training (`bench/slice.py`)", "",
+             f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}: {len(data.train):,} train / "
+             f"{len(data.val):,} val / {len(data.test):,} test; top-1 test accuracy, mean over seeds {args.seeds} with the "
+             f"range in brackets. Architecture {ARCH['arch']} {ARCH['kwargs']}, every run from scratch for {args.epochs} "
+             f"epochs (SGD, lr 0.1, cosine, warm-up 0.3 epochs, batch 128). The sorted run: `type: slice`, default 8 "
+             f"widths x depths [1, 2] (16 grid points), 2 sampled sub-networks per step besides the full and the smallest, "
+             f"in-place distillation, BatchNorm recalibrated on 50 batches per sub-network, channel counts multiples of 4 "
+             f"(`round_to: 4`: at the targets' alignment of 16 the 8- and 16-channel stages could not narrow). Targets: {', '.join(TARGETS)}.", "",
+             "### The grid", "",
+             "| sub-network | MACs | share of full MACs | test acc | of full network | BN gain (val, pts) | ORT b1 here ms |",
+             "|---|---|---|---|---|---|---|"]
+    full_acc = [r["subnets"][member_name(r["subnets"], "w1-d2")]["test_accuracy"] for r in runs]
+    worst_share = 1.0
+    for name, m in first.items():
+        accs = [r["subnets"][name]["test_accuracy"] for r in runs]
+        shares = [a / f for a, f in zip(accs, full_acc)]
+        worst_share = min(worst_share, min(shares))
+        macs = m["macs_share"] * sum(c.macs for c in layer_costs(first[full]["model"], data.input_shape))
+        same = f" (= {', '.join(m['same_as'])})" if m.get("same_as") else ""
+        lines.append(f"| {name}{same} | {si(macs)} | {m['macs_share']:.1%} | {spread(accs)} | {100 * statistics.mean(shares):.1f}% | "
+                     f"{statistics.mean(100 * r['subnets'][name]['bn_gain'] for r in runs):+.1f} | "
+                     f"{statistics.median(r['subnets'][name]['host_latency_ms'] for r in runs):.3f} |")
+
+    lines += ["", "### Against separate training", "",
+              f"| width (depth 2) | sorted | separate, {args.epochs} epochs | gap (pts) | separate, equal total compute | gap (pts) |",
+              "|---|---|---|---|---|---|"]
+    gaps = {}
+    for w in COMPARED:
+        ours = [r["subnets"][r["names"][w]]["test_accuracy"] for r in runs]
+        theirs = [a[w]["test_accuracy"] for a in alone]
+        gaps[w] = [100 * (o - t) for o, t in zip(ours, theirs)]
+        eq = [e[w]["test_accuracy"] for e in equal if e]
+        eq_cell = (f"{spread(eq)} | {statistics.mean(100 * (o - t) for o, t in zip(ours, eq)):+.2f}" if eq else
+                   "same epochs as the previous column | ")
+        lines.append(f"| {w:g} | {spread(ours)} | {spread(theirs)} | {statistics.mean(gaps[w]):+.2f} "
+                     f"({min(gaps[w]):+.2f} to {max(gaps[w]):+.2f}) | {eq_cell} |")
+
+    ratios = [r["train_seconds"] / a[1.0]["seconds"] for r, a in zip(runs, alone)]
+    separate_total = [sum(x["seconds"] for x in a.values()) for a in alone]
+    lines += ["", f"Training time: the sorted run {statistics.median(r['train_seconds'] for r in runs):.0f} s (median over seeds), "
+              f"one full-width run {statistics.median(a[1.0]['seconds'] for a in alone):.0f} s, the four separate runs "
+              f"{statistics.median(separate_total):.0f} s; sorted / full-width "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x). Equal-compute epochs per separate run: "
+              f"{', '.join(str(r['equal_epochs']) for r in runs)}.", ""]
+
+    lines += ["### Chosen per target", "", "| target | chosen (seed " + str(args.seeds[0]) + ") | test acc | ORT b1 here ms | "
+              "estimate for host ms | estimate / measured |", "|---|---|---|---|---|---|"]
+    errors = []
+    for target, name in runs[0]["chosen"].items():
+        m = first[name]
+        estimate = estimate_latency_ms(layer_costs(m["model"], data.input_shape), "fp32", host)
+        errors.append(estimate / m["host_latency_ms"] - 1)
+        lines.append(f"| {target} | {name} | {m['test_accuracy']:.2%} | {m['host_latency_ms']:.3f} | {estimate:.3f} | "
+                     f"{estimate / m['host_latency_ms']:.2f} |")
+
+    plot = pareto_svg([Point(f"slice {n}", m["macs_share"] * sum(c.macs for c in layer_costs(first[full]["model"], data.input_shape)),
+                             statistics.mean(r["subnets"][n]["test_accuracy"] for r in runs), group="main") for n, m in first.items()]
+                      + [Point(f"separate w{w:g}", first[runs[0]["names"][w]]["macs_share"] * sum(
+                          c.macs for c in layer_costs(first[full]["model"], data.input_shape)),
+                               statistics.mean(a[w]["test_accuracy"] for a in alone), group="variant") for w in COMPARED]
+                      + e2e_points(), "Test accuracy against MACs", "MACs per image", "num", si)
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.plot, plot.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).encode())
+
+    worst_gap = min(min(g) for g in gaps.values())
+    mean_gaps = {w: statistics.mean(g) for w, g in gaps.items()}
+    lines += ["", f"![test accuracy against MACs: slices, separate training, e2e rows]({os.path.relpath(args.plot, args.out.parent)})",
+              "", "Goals:",
+              f"- every grid point keeps at least 96% of the full network's accuracy: worst {100 * worst_share:.1f}% "
+              f"(any seed): {'met' if worst_share >= 0.96 else 'missed'}",
+              f"- each compared width within 0.5 points of its separately trained counterpart: mean gaps "
+              f"{', '.join(f'{w:g}: {g:+.2f}' for w, g in mean_gaps.items())}, worst single seed {worst_gap:+.2f}: "
+              f"{'met' if all(g >= -0.5 for g in mean_gaps.values()) else 'missed'}",
+              f"- one sorted run at most 2x one full-width training: {statistics.median(ratios):.2f}x: "
+              f"{'met' if statistics.median(ratios) <= 2 else 'missed'}",
+              f"- chosen sub-networks' measured latency within 25% of the estimate: errors "
+              f"{', '.join(f'{e:+.0%}' for e in errors)}: {'met' if all(abs(e) <= 0.25 for e in errors) else 'missed'}",
+              "", f"Wall time of this invocation {(time.perf_counter() - start) / 60:.1f} minutes (cached work is reused). "
+              f"{machine_line(command_line())}"]
+    print(write_section(args.out, "slice", "\n".join(lines)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Sorted training and BatchNorm recalibration of a nested supernet.
+
+Each step trains the full network, the smallest sub-network and K sampled ones on the same batch, gradients summed
+(the sandwich rule of US-Nets); with in-place distillation the sub-networks learn the full network's (or a
+teacher's) soft predictions instead of the labels."""
+from __future__ import annotations
+
+import random
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...data import Batch, BatchLoader
+from ..distill.losses import Targets, kd_loss
+from .supernet import SubNet, Supernet
+
+
+class SandwichStep:
+    """`step_fn` for the shared Trainer: loss of the full network + the smallest + `samples` random sub-networks."""
+
+    def __init__(self, supernet: Supernet, grid: list[SubNet], samples: int, inplace: bool, seed: int,
+                 loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
+                 teacher: Optional[Callable[[Batch], Targets]] = None, temperature: float = 1.0):
+        self.supernet, self.samples, self.inplace = supernet, samples, inplace
+        self.full, self.smallest = grid[-1], grid[0]
+        self.middle = grid[1:-1]
+        self.loss_fn, self.teacher, self.temperature = loss_fn, teacher, temperature
+        self.random = random.Random(seed)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch.x)
+        if self.teacher is not None:
+            soft = self.teacher(batch).probs
+            loss = kd_loss(logits, soft, batch.y, self.temperature, hard_weight=0.5)
+        else:
+            soft = torch.softmax(logits.detach().float(), dim=-1)
+            loss = self.loss_fn(logits, batch)
+        picks = [self.smallest] + self.random.sample(self.middle, min(self.samples, len(self.middle)))
+        for subnet in picks:
+            with self.supernet.active(subnet):
+                sub = model(batch.x)
+            if self.inplace:
+                temperature = self.temperature if self.teacher is not None else 1.0
+                loss = loss + kd_loss(sub, soft, batch.y, temperature)
+            else:
+                loss = loss + self.loss_fn(sub, batch)
+        return loss / (1 + len(picks)), logits
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: BatchLoader, batches: int, device: torch.device) -> int:
+    """Recompute every BatchNorm's running statistics as the plain average over `batches` training batches (the
+    statistics a sub-network inherits from the supernet belong to the full network). Returns the batches used."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms or batches == 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    used = 0
+    try:
+        for batch in loader:
+            if used == batches:
+                break
+            model(batch.x.to(device))
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return used
+
