@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Discriminator, Field, PositiveFloat, Tag, model_validator
 
 from ..config import Strict, TrainConfig
 from ..errors import ConfigError
@@ -89,7 +89,9 @@ class MambaPkdStage(Stage):
 
     class Config(StageConfig, TrainConfig):
         type: Literal["mamba_pkd"] = Field("mamba_pkd", description="the stage's registered name")
-        students: Union[Annotated[list[StudentSize], Field(min_length=1, max_length=8)], StudentCount] = Field(
+        students: Annotated[Union[Annotated[list[StudentSize], Field(min_length=1, max_length=8), Tag("list")],
+                                  Annotated[StudentCount, Tag("count")]],
+                            Discriminator(lambda v: "list" if isinstance(v, list) else "count")] = Field(
             description="the chain, largest first: a list of sizes, or {count, shrink, first}",
             json_schema_extra={"smoke": SMOKE_STUDENTS})
         chain: Literal["progressive", "teacher"] = Field("progressive", description="progressive: student k learns from "
