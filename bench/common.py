@@ -33,7 +33,7 @@ def trained_model(arch: dict, data: DataBundle, data_cfg: DataConfig, train: Tra
                   quiet: bool = True) -> tuple[torch.nn.Module, dict]:
     """Train `arch` on `data` (or reuse the cached result of the same settings) and return (model, spec)."""
     spec = make_spec(arch["arch"], data.in_channels, data.num_classes, arch["kwargs"])
-    key = sha256_json({"spec": spec, "data": data_cfg.model_dump(mode="json"), "train": train.model_dump(), "seed": seed})[:16]
+    key = sha256_json({"spec": spec.model_dump(mode="json"), "data": data_cfg.model_dump(mode="json"), "train": train.model_dump(), "seed": seed})[:16]
     model, spec, _ = cached_model(cache / f"{arch['arch']}-{key}", lambda: train_from_scratch(arch, data, data_cfg, train, seed, quiet))
     return model, spec
 
@@ -92,8 +92,18 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or bundled (8k-example subset)")
     p.add_argument("--data-root", type=Path, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--limit", type=int, help="cap on examples per split (smoke or reduced runs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", action=SeedList, default=[0, 1, 2], help="e.g. 0 1 2 or 0,1,2")
     return p
+
+
+class SeedList(argparse.Action):
+    """Integers given space- or comma-separated (`--seeds 1 2 3`, `--seeds 1,2,3`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, [int(v) for value in values for v in value.split(",") if v])
+        except ValueError:
+            parser.error(f"{option_string}: expected integers, got {' '.join(values)}")
 
 
 def machine_line(command: str) -> str:

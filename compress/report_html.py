@@ -429,7 +429,21 @@ def variant_section(report: dict) -> str:
              fmt(v["metrics"].get("macs"), si), fmt(v["metrics"].get("size_bytes"), size),
              fmt(v["metrics"].get("val_accuracy"), pct)] for v in variants]
     body = table(["variant", "stage", "params", "MACs", "size", "val accuracy"], rows, range(2, 6))
-    return f"<section><h2>Model family</h2>{body}</section>"
+    return f"<section><h2>Model family</h2>{body}{family_notes(report)}</section>"
+
+
+def family_notes(report: dict) -> str:
+    """What family stages say beyond the table: the model chosen for each target, layers kept at full width."""
+    notes = []
+    for s in report.get("stages") or []:
+        m = s.get("metrics") if isinstance(s, dict) and isinstance(s.get("metrics"), dict) else {}
+        if isinstance(m.get("chosen"), dict) and m["chosen"]:
+            picks = ", ".join(f"{esc(t)}: <code>{esc(n)}</code>" for t, n in m["chosen"].items())
+            notes.append(f"<p>{esc(stage_label(s))} chose, per target: {picks}.</p>")
+        if isinstance(m.get("fixed_layers"), dict) and m["fixed_layers"]:
+            fixed = ", ".join(f"<code>{esc(n)}</code> ({esc(why)})" for n, why in m["fixed_layers"].items())
+            notes.append(f"<p>{esc(stage_label(s))} kept at full width: {fixed}.</p>")
+    return "".join(notes)
 
 
 def stage_section(report: dict) -> str:

@@ -13,6 +13,8 @@ from torch import nn
 
 from compress.checkpoint import VARIANTS, load_model_dir
 from compress.cli import main
+from compress.config import DataConfig
+from compress.data import load_data
 from compress.methods.pruning.masks import layers_in_order
 from compress.methods.slicing.groups import find_groups
 from compress.methods.slicing.supernet import SubNet, Supernet, residual_stages, sort_by_importance
@@ -20,7 +22,7 @@ from compress.metrics import count_macs
 from compress.models import build_model, make_spec
 from compress.models.spec import ModelSpec
 from compress.training import evaluate
-from conftest import tiny_pipeline
+from conftest import TINY_DATA, tiny_pipeline
 
 SHAPE = (1, 28, 28)
 RESNET = make_spec("resnet_s", 1, 10, {"widths": [8, 16], "depths": [2, 2]})
@@ -128,6 +130,7 @@ def test_layers_that_cannot_be_nested_are_named():
 # ---- one CLI run, three targets -----------------------------------------------------------------------------------
 
 WIDTHS = [0.25, 0.5, 1.0]
+DATA = {**TINY_DATA, "limit": 1024, "batch_size": 64}  # enough examples that wider sub-networks are clearly better
 MODEL = {"arch": "resnet_s", "kwargs": {"widths": [16, 32], "depths": [1, 1]}}
 
 
@@ -154,9 +157,9 @@ def sliced_run(tmp_path_factory):
     sizes = [fp32_bytes(supernet.extract(SubNet(w))[0]) / 1e6 for w in WIDTHS]
     budgets = [(sizes[0] + sizes[1]) / 2, (sizes[1] + sizes[2]) / 2, 10 * sizes[2]]
     targets = [target_file(folder, f"t{i}", budget) for i, budget in enumerate(budgets)]
-    stages = [{"type": "train", "epochs": 3, "lr": 0.1},
+    stages = [{"type": "train", "epochs": 2, "lr": 0.1},
               {"type": "slice", "widths": WIDTHS, "samples_per_step": 1, "bn_recalibration_batches": 4, "epochs": 2}]
-    config = tiny_pipeline(model=MODEL, stages=stages, target=None,
+    config = tiny_pipeline(model=MODEL, stages=stages, target=None, data=DATA,
                            export={"formats": ["onnx"], "latency_runs": 2, "latency_batch_sizes": [1]})
     (folder / "pipeline.yaml").write_text(yaml.safe_dump(config))
     run_dir = folder / "run"
@@ -181,8 +184,9 @@ def test_three_targets_deploy_three_sub_networks_within_their_budgets(sliced_run
         assert fp32_bytes(build_model(ModelSpec.from_json(spec))) / 1e6 == pytest.approx(size)  # the file says what it is
 
 
-def test_every_sub_network_is_measured_and_saved(sliced_run, tiny_data):
+def test_every_sub_network_is_measured_and_saved(sliced_run):
     run_dir, report, _ = sliced_run
+    val = load_data(DataConfig(**DATA), seed=0).val
     subnets = slice_record(report)["metrics"]["subnets"]
     assert list(subnets) == ["w0.25", "w0.5", "w1"]
     shares = [subnets[n]["macs_share"] for n in subnets]
@@ -193,7 +197,7 @@ def test_every_sub_network_is_measured_and_saved(sliced_run, tiny_data):
     for name in ["w0.5", "w1"]:
         model, spec, _ = load_model_dir(stage / VARIANTS / name)
         saved = next(v for v in report["variants"] if v["name"] == name)
-        assert evaluate(model, tiny_data.val)["accuracy"] == pytest.approx(saved["metrics"]["val_accuracy"])
+        assert evaluate(model, val)["accuracy"] == pytest.approx(saved["metrics"]["val_accuracy"])
         assert spec.arch == "resnet_s"
 
 
@@ -203,3 +207,9 @@ def test_batchnorm_recalibration_rescues_the_narrow_sub_networks(sliced_run):
     subnets = slice_record(sliced_run[1])["metrics"]["subnets"]
     for name in ["w0.25", "w0.5"]:
         assert subnets[name]["val_accuracy_inherited_bn"] < 0.2 and subnets[name]["bn_gain"] > 0.1
+
+
+def test_report_html_names_each_target_s_sub_network(sliced_run):
+    html = (sliced_run[0] / "report.html").read_text()
+    assert "chose, per target: t0: <code>w0.25</code>, t1: <code>w0.5</code>, t2: <code>w1</code>" in html
+    assert "kept at full width: <code>fc</code>" in html

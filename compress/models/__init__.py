@@ -161,4 +161,4 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-from . import cnn, mobilenet, resnet  # noqa: E402,F401  (register the built-in architectures)
+from . import cnn, mamba, mobilenet, resnet  # noqa: E402,F401  (register the built-in architectures)

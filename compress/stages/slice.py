@@ -124,7 +124,8 @@ class SliceStage(Stage):
         from ..methods.slicing.family import choose, cut_family, pareto_names
         from ..methods.slicing.supernet import sort_by_importance
         from ..methods.slicing.training import SandwichStep
-        from ..training import Trainer, make_loader
+        from ..data import BatchLoader
+        from ..training import Trainer
 
         cfg = self.config
         supernet = self.supernet(model, ctx)
@@ -141,7 +142,9 @@ class SliceStage(Stage):
         started = time.perf_counter()
         history = trainer.fit()
         train_seconds = time.perf_counter() - started
-        members = cut_family(supernet, grid, ctx, cfg.bn_recalibration_batches, make_loader(ctx))
+        # the same global batches on every torchrun rank, so that every rank measures and chooses alike
+        calibration = BatchLoader(ctx.data.train, ctx.data_config.batch_size, shuffle=True, seed=ctx.seed)
+        members = cut_family(supernet, grid, ctx, cfg.bn_recalibration_batches, calibration)
         chosen = {t.name: choose(members, t) for t in ctx.targets or ([ctx.target] if ctx.target else [])}
         primary = next(iter(chosen.values()), members[-1])
         for target, member in chosen.items():

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from ...errors import ConfigError
 from ...metrics import count_macs
 from ...training import evaluate
 from ..budget import over_budget, target_costs
+from ..measure import onnx_latency
 from .supernet import SubNet, Supernet
 from .training import recalibrate_bn
 
@@ -54,7 +54,7 @@ def cut_family(supernet: Supernet, grid: list[SubNet], ctx: RunContext, bn_batch
             member = Member(subnet, model, transforms, {
                 "width": subnet.width, "depth": subnet.depth, "macs_share": macs / full_macs,
                 "val_accuracy_inherited_bn": before, "val_accuracy_recalibrated": after, "bn_gain": after - before,
-                "bn_batches": used, "host_latency_ms": host_latency_ms(model, shape, Path(scratch) / f"{subnet.name}.onnx")})
+                "bn_batches": used, "host_latency_ms": host_latency_ms(model, ctx, Path(scratch) / f"{subnet.name}.onnx")})
             member.costs = {t.name: target_costs(model, t, shape) for t in ctx.targets or [ctx.target] if t is not None}
             member.metrics["estimated"] = member.costs
             members.append(member)
@@ -64,15 +64,11 @@ def cut_family(supernet: Supernet, grid: list[SubNet], ctx: RunContext, bn_batch
     return members
 
 
-def host_latency_ms(model: nn.Module, input_shape: tuple[int, ...], path: Path, runs: int = 30) -> float:
-    """Median batch-1 latency of `model` as fp32 ONNX in ONNX Runtime on this machine."""
-    from ...export.onnx import export_onnx
-    from ...export.validate import median_latency_ms, ort_session
-
-    device = next(model.parameters()).device
-    export_onnx(model, input_shape, path, opset=17, exporter="torchscript")
-    model.to(device)
-    return median_latency_ms(ort_session(path), torch.zeros(1, *input_shape), runs)
+def host_latency_ms(model: nn.Module, ctx: RunContext, path: Path) -> float:
+    """Median batch-1 latency of `model` as fp32 ONNX in ONNX Runtime on this machine (the model stays on its device)."""
+    latency = onnx_latency(model, ctx.data.val.x[:8].cpu(), path, [1], runs=30)["latency_ms"]["1"]
+    model.to(ctx.device)
+    return latency
 
 
 def choose(members: list[Member], target: TargetProfile) -> Member:

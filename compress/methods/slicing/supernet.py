@@ -97,10 +97,10 @@ class Supernet:
     @contextmanager
     def active(self, subnet: SubNet) -> Iterator[nn.Module]:
         """Run the supernet as `subnet` inside the block: narrowed layers slice their weights, dropped blocks pass
-        their input through."""
+        their input through, and BatchNorm layers leave their running statistics (the full network's) alone."""
         modules = dict(self.model.named_modules())
         kept = self.kept_indices(subnet)
-        changed = {name for name, _ in kept}
+        changed = {name for name, _ in kept} | {name for name, m in modules.items() if isinstance(m, _BatchNorm)}
         for name in changed:
             module = modules[name]
             module.forward = sliced_forward(module, kept.get((name, OUT)), kept.get((name, IN)))

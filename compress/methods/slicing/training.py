@@ -1,7 +1,7 @@
 """Sorted training and BatchNorm recalibration of a nested supernet.
 
-Each step trains the full network, the smallest sub-network and K sampled ones on the same batch, gradients summed
-(the sandwich rule of US-Nets); with in-place distillation the sub-networks learn the full network's (or a
+Each step trains the full network, the smallest sub-network and K sampled ones on the same batch, gradients
+accumulated in one backward pass (the sandwich rule of US-Nets); with in-place distillation the sub-networks learn the full network's (or a
 teacher's) soft predictions instead of the labels."""
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from .supernet import SubNet, Supernet
 
 
 class SandwichStep:
-    """`step_fn` for the shared Trainer: loss of the full network + the smallest + `samples` random sub-networks."""
+    """`step_fn` for the shared Trainer: the full network's loss plus the mean loss of the smallest and `samples`
+    random sub-networks (the sum of all four lets the shared weights take four steps at once, and averaging all four
+    slows the full network down: both trained worse on Fashion-MNIST, docs/benchmarks.md)."""
 
     def __init__(self, supernet: Supernet, grid: list[SubNet], samples: int, inplace: bool, seed: int,
                  loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
@@ -38,15 +40,13 @@ class SandwichStep:
             soft = torch.softmax(logits.detach().float(), dim=-1)
             loss = self.loss_fn(logits, batch)
         picks = [self.smallest] + self.random.sample(self.middle, min(self.samples, len(self.middle)))
+        temperature = self.temperature if self.teacher is not None else 1.0
+        subs = 0.0
         for subnet in picks:
             with self.supernet.active(subnet):
                 sub = model(batch.x)
-            if self.inplace:
-                temperature = self.temperature if self.teacher is not None else 1.0
-                loss = loss + kd_loss(sub, soft, batch.y, temperature)
-            else:
-                loss = loss + self.loss_fn(sub, batch)
-        return loss / (1 + len(picks)), logits
+            subs = subs + (kd_loss(sub, soft, batch.y, temperature) if self.inplace else self.loss_fn(sub, batch))
+        return loss + subs / len(picks), logits
 
 
 @torch.no_grad()

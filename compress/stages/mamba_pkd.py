@@ -1,0 +1,235 @@
+"""`type: mamba_pkd` — progressive distillation of the incoming model (the teacher, any architecture) into a chain of
+ever smaller Mamba students (`mamba_s`), which also act together as an ensemble (`mamba_ensemble`). Every student is
+exported with the export-form scan and timed with ONNX Runtime here; the students and the chosen ensemble are the
+stage's family, and `select` picks the primary model. Mechanics: `methods/distill/chain.py`, `methods/measure.py`."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import Discriminator, Field, PositiveFloat, Tag, model_validator
+
+from ..config import Strict, TrainConfig
+from ..errors import ConfigError
+from .base import Stage, StageConfig, StageResult, Variant, register_stage
+
+
+class StudentSize(Strict):
+    """One student: a `mamba_s` of these sizes."""
+
+    d_model: int = Field(ge=4, le=4096, description="token width")
+    n_layers: int = Field(ge=1, le=64, description="Mamba blocks")
+    d_state: int = Field(ge=1, le=256, description="states per channel of the selective scan")
+    expand: int = Field(2, ge=1, le=8, description="inner width = expand x d_model")
+    patch: int = Field(4, ge=1, le=1024, description="square patch side; must divide the image (4 on 28x28: 49 tokens)")
+    bidirectional: bool = Field(False, description="a second scan reads the tokens backwards (Vision Mamba)")
+
+
+class StudentCount(Strict):
+    """`count` students: the first of size `first`, each later one with d_model, n_layers and d_state times
+    shrink^k (rounded; at least 1, d_model at least 4)."""
+
+    count: int = Field(ge=1, le=8, description="how many students")
+    shrink: float = Field(0.6, gt=0, lt=1, description="size factor from one student to the next")
+    first: StudentSize = Field(default_factory=lambda: StudentSize(d_model=64, n_layers=4, d_state=16),
+                               description="the largest student")
+
+    def sizes(self) -> list[StudentSize]:
+        f = self.first
+        return [f.model_copy(update={"d_model": max(4, round(f.d_model * self.shrink**k)),
+                                     "n_layers": max(1, round(f.n_layers * self.shrink**k)),
+                                     "d_state": max(1, round(f.d_state * self.shrink**k))}) for k in range(self.count)]
+
+
+class EnsembleConfig(Strict):
+    """The students as an ensemble: the most accurate subset within a budget, exported as one graph."""
+
+    enabled: bool = Field(True, description="add the chosen ensemble to the family (variant `ensemble`)")
+    weights: Literal["uniform", "fitted"] = Field("uniform", description="uniform, or mixture weights fitted on the "
+                                                  "validation split (maximum likelihood)")
+    macs: Optional[PositiveFloat] = Field(None, description="budget: summed MACs of the members as a share of the teacher's")
+    latency_ms: Optional[Union[PositiveFloat, Literal["budget"]]] = Field(
+        None, description="budget: summed batch-1 latency of the members on the target (cost model); 'budget': the "
+                          "target's latency budget")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "EnsembleConfig":
+        if self.macs is not None and self.latency_ms is not None:
+            raise ValueError("give one of macs, latency_ms, not both")
+        return self
+
+
+class SelectConfig(Strict):
+    """How the primary model is chosen from the family: `{smallest_within: POINTS}` or `{budget: target}`."""
+
+    smallest_within: Optional[float] = Field(None, ge=0, le=100, description="the fewest MACs whose validation accuracy "
+                                             "is within this many points of the teacher's (else the most accurate)")
+    budget: Optional[Literal["target"]] = Field(None, description="the most accurate model within the target's latency "
+                                                "budget, by the cost model (else the fastest)")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "SelectConfig":
+        if (self.smallest_within is None) == (self.budget is None):
+            raise ValueError("expected one of {smallest_within: POINTS} or {budget: target}")
+        return self
+
+
+SMOKE_STUDENTS = [{"d_model": 8, "n_layers": 1, "d_state": 2, "expand": 1, "patch": 7},
+                  {"d_model": 4, "n_layers": 1, "d_state": 2, "expand": 1, "patch": 7}]
+
+
+@register_stage
+class MambaPkdStage(Stage):
+    type = "mamba_pkd"
+    example = {"type": "mamba_pkd",
+               "students": [{"d_model": 64, "n_layers": 4, "d_state": 16, "expand": 2, "patch": 4},
+                            {"d_model": 32, "n_layers": 2, "d_state": 8, "expand": 2, "patch": 4},
+                            {"d_model": 16, "n_layers": 1, "d_state": 4, "expand": 2, "patch": 7}],
+               "chain": "progressive", "alpha": 0.5, "temperature": 4.0, "scan": "parallel", "epochs": 3,
+               "select": {"smallest_within": 1.0}}
+
+    class Config(StageConfig, TrainConfig):
+        type: Literal["mamba_pkd"] = Field("mamba_pkd", description="the stage's registered name")
+        students: Annotated[Union[Annotated[list[StudentSize], Field(min_length=1, max_length=8), Tag("list")],
+                                  Annotated[StudentCount, Tag("count")]],
+                            Discriminator(lambda v: "list" if isinstance(v, list) else "count")] = Field(
+            description="the chain, largest first: a list of sizes, or {count, shrink, first}",
+            json_schema_extra={"smoke": SMOKE_STUDENTS})
+        chain: Literal["progressive", "teacher"] = Field("progressive", description="progressive: student k learns from "
+                                                         "student k-1, the first from the teacher; teacher: all from the teacher")
+        alpha: float = Field(0.5, ge=0, le=1, description="weight of cross-entropy to the labels; the T^2 KL term gets 1 - alpha")
+        temperature: float = Field(4.0, gt=0, le=1000, description="softmax temperature of the soft targets")
+        scan: Literal["sequential", "parallel"] = Field("parallel", description="selective scan used in training; "
+                                                        "export always uses the export form")
+        ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig, description="the students as an ensemble")
+        select: SelectConfig = Field(default_factory=lambda: SelectConfig(smallest_within=1.0),
+                                     description="how the primary model is chosen from the family")
+        latency_batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field([1, 32], min_length=1, description="batch sizes each student's ONNX file "
+                                               "is timed at with ONNX Runtime here", json_schema_extra={"smoke": [1]})
+        latency_runs: int = Field(20, ge=1, le=100_000, description="timed runs per batch size", json_schema_extra={"smoke": 2})
+        optimizer: Literal["sgd", "adam", "adamw"] = Field("adamw", description="sgd (Nesterov momentum), adam or adamw")
+        lr: float = Field(3e-3, gt=0, description="peak learning rate")
+        weight_decay: float = Field(0.01, ge=0, description="applied to weight matrices/kernels, not to biases or norms")
+
+        def sizes(self) -> list[StudentSize]:
+            return self.students.sizes() if isinstance(self.students, StudentCount) else list(self.students)
+
+    def target_dependence(self) -> Optional[str]:
+        if self.config.select.budget is not None:
+            return "select.budget: the target's latency budget chooses the primary model"
+        if self.config.ensemble.latency_ms is not None:
+            return "ensemble.latency_ms: the target's cost model chooses the ensemble"
+        return None
+
+    def check(self, model, spec, ctx) -> None:
+        from ..metrics import count_macs
+        from ..models import build_model
+
+        where, shape = f"stage '{ctx.stage_name}'", ctx.data.input_shape
+        if len(shape) != 3:
+            raise ConfigError(f"{where}: Mamba students read images (C, H, W); the data's inputs have shape {tuple(shape)}")
+        if spec.num_classes != ctx.data.num_classes:
+            raise ConfigError(f"{where}: the teacher predicts {spec.num_classes} classes and the dataset has "
+                              f"{ctx.data.num_classes}; the students learn the dataset's classes from the teacher, so "
+                              f"both must agree (remove model.num_classes)")
+        for i, size in enumerate(self.config.sizes()):
+            if shape[1] % size.patch or shape[2] % size.patch:
+                raise ConfigError(f"{where}: students[{i}].patch: {size.patch} does not divide the {shape[1]}x{shape[2]} "
+                                  f"images; use a divisor such as {', '.join(map(str, divisors(shape[1], shape[2])))}")
+        latency = self.config.select.budget or self.config.ensemble.latency_ms == "budget"
+        if latency and (ctx.target is None or ctx.target.budgets.latency_ms is None):
+            name = ctx.target.name if ctx.target else "(none)"
+            raise ConfigError(f"{where}: select.budget / ensemble.latency_ms: budget: target {name} has no latency "
+                              f"budget; give one in the profile or choose by smallest_within")
+        if self.config.chain == "progressive":
+            macs = [count_macs(build_model(student_spec(s, spec, shape, "parallel")), shape) for s in self.config.sizes()]
+            for i in range(1, len(macs)):
+                if macs[i] > macs[i - 1]:
+                    ctx.log(f"warning: {where}: students[{i}] ({macs[i]:,} MACs) is larger than students[{i - 1}] "
+                            f"({macs[i - 1]:,}), which teaches it in the progressive chain")
+
+    def run(self, model, spec, ctx) -> StageResult:
+        import torch
+
+        from ..methods.budget import goal_for, latency_goal
+        from ..methods.distill.chain import best_subset, member_probs, mixture_accuracy, train_chain, whole
+        from ..methods.measure import onnx_latency
+        from ..metrics import count_macs
+        from ..models import build_model, make_spec
+        from ..training import evaluate
+
+        cfg, shape, val = self.config, ctx.data.input_shape, ctx.data.val
+        teacher_accuracy = evaluate(model, val, ctx.data_config.eval_batch_size, ctx.device)["accuracy"]
+        teacher_macs = count_macs(model, shape)
+        torch.manual_seed(ctx.seed)
+        specs = [student_spec(size, spec, shape, cfg.scan) for size in cfg.sizes()]
+        students = [build_model(s).to(ctx.device) for s in specs]
+        histories = train_chain(model, students, cfg, ctx, cfg.alpha, cfg.temperature, cfg.chain == "progressive")
+
+        probs = member_probs(students, val, ctx.data_config.eval_batch_size, ctx.device)
+        family = {f"student-{k}": Variant(student.cpu(), s, {"history": h, "student": size.model_dump()})
+                  for k, (student, s, h, size) in enumerate(zip(students, specs, histories, cfg.sizes()), 1)}
+        metrics = {"teacher_val_accuracy": teacher_accuracy, "teacher_macs": teacher_macs}
+        if cfg.ensemble.enabled:
+            goal = goal_for(cfg.ensemble.macs, cfg.ensemble.latency_ms, model, ctx.target, shape)
+            costs = [goal.measure(s) if goal else 0.0 for s in students]
+            fitted = cfg.ensemble.weights == "fitted"
+            choice = best_subset(probs, val.y, costs, goal.value, fitted) if goal else whole(probs, val.y, fitted)
+            if choice is None:
+                ctx.log(f"[{ctx.stage_name}] no student fits the ensemble budget; no ensemble variant")
+            else:
+                ensemble_spec = make_spec("mamba_ensemble", spec.in_channels, spec.num_classes,
+                                          {"members": [specs[i].kwargs for i in choice.members], "weights": choice.weights})
+                ensemble = build_model(ensemble_spec)
+                for member, i in zip(ensemble.members, choice.members):
+                    member.load_state_dict(students[i].state_dict())
+                family["ensemble"] = Variant(ensemble, ensemble_spec, {"members": [f"student-{i + 1}" for i in choice.members],
+                                                                     "weights": choice.weights, "budget_cost": choice.cost})
+            uniform = torch.full((len(students),), 1 / len(students))
+            metrics["all_students_ensemble_val_accuracy"] = mixture_accuracy(probs, uniform, val.y)
+
+        for name, variant in family.items():
+            variant.metrics.update(macs_share=count_macs(variant.model, shape) / teacher_macs,
+                                   val_accuracy=evaluate(variant.model, val, ctx.data_config.eval_batch_size)["accuracy"],
+                                   **onnx_latency(variant.model, val.x[:64], onnx_path(ctx, name), cfg.latency_batch_sizes,
+                                                  cfg.latency_runs))
+        if cfg.select.budget:
+            chosen = choose(family, latency_goal(ctx.target.budgets.latency_ms, ctx.target, shape), None)
+        else:
+            chosen = choose(family, None, teacher_accuracy - cfg.select.smallest_within / 100)
+        ctx.log(f"[{ctx.stage_name}] primary: {chosen} ({family[chosen].metrics['val_accuracy']:.2%}, "
+                f"{family[chosen].metrics['macs_share']:.1%} of the teacher's MACs); teacher {teacher_accuracy:.2%}")
+        metrics.update(primary=chosen, family={n: {k: v.metrics[k] for k in ("macs_share", "val_accuracy", "latency_ms",
+                                                                            "max_abs_diff")} for n, v in family.items()})
+        return StageResult(model=family[chosen].model, spec=family[chosen].spec, metrics=metrics, variants=family)
+
+
+def student_spec(size: StudentSize, teacher_spec, input_shape, scan: str):
+    """The `mamba_s` spec of one student for images of `input_shape` and the teacher's classes."""
+    from ..models import make_spec
+
+    return make_spec("mamba_s", teacher_spec.in_channels, teacher_spec.num_classes,
+                     {**size.model_dump(), "image_size": list(input_shape[1:]), "scan": scan})
+
+
+def divisors(height: int, width: int) -> list[int]:
+    """The first few common divisors of an image's sides (1 and, for a prime side, the side itself)."""
+    return [d for d in range(1, min(height, width) + 1) if height % d == 0 and width % d == 0][:5]
+
+
+def onnx_path(ctx, name: str):
+    """Where a family member's timed ONNX file goes: the stage's work folder."""
+    return (ctx.stage_dir or ctx.run_dir / "work") / "onnx" / f"{name}.onnx"
+
+
+def choose(family: dict, goal, floor: Optional[float]) -> str:
+    """The primary model's name. With a latency `goal`: the most accurate member within it, else the fastest. With an
+    accuracy `floor`: the fewest MACs at or above it, else the most accurate."""
+    def metric(name, key):
+        return family[name].metrics[key]
+
+    if goal is not None:
+        latency = {name: goal.measure(v.model) for name, v in family.items()}
+        within = [n for n in family if latency[n] <= goal.value]
+        return max(within, key=lambda n: metric(n, "val_accuracy")) if within else min(family, key=latency.get)
+    within = [n for n in family if metric(n, "val_accuracy") >= floor - 1e-9]
+    return min(within, key=lambda n: metric(n, "macs_share")) if within else max(family, key=lambda n: metric(n, "val_accuracy"))
