@@ -225,8 +225,8 @@ def test_channel_pruning_reaches_the_macs_target_and_rebuilds_without_pickle(ctx
     assert rebuilt_spec == result.spec and torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_every_built_in_model_can_be_channel_pruned_and_rebuilt(arch):
+@pytest.mark.parametrize("arch", [name for name in MODELS.names() if not name.startswith("mamba")])  # CNNs: Mamba
+def test_every_built_in_model_can_be_channel_pruned_and_rebuilt(arch):                              # is distilled
     spec = make_spec(arch, 1, 10)
     model = build_model(spec)
     output_layer = list(layers_in_order(model, (1, 28, 28)))[-1:]

@@ -159,15 +159,23 @@ class MambaClassifier(nn.Module):
         if scan not in SCANS:
             raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {scan!r}")
         self.embed = nn.Conv2d(in_channels, d_model, patch, stride=patch)
-        self.position = nn.Parameter(torch.zeros(1, (height // patch) * (width // patch), d_model))
+        self.grid = (height // patch, width // patch)
+        self.position = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], d_model))
         nn.init.trunc_normal_(self.position, std=0.02)
         self.blocks = nn.Sequential(*(MambaBlock(d_model, d_state, expand, d_conv, bidirectional, scan) for _ in range(n_layers)))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.position
-        return self.head(self.norm(self.blocks(tokens)).mean(1))
+        grid = self.embed(x)
+        return self.head(self.norm(self.blocks(grid.flatten(2).transpose(1, 2) + self.positions(grid.shape[2:]))).mean(1))
+
+    def positions(self, grid: Sequence[int]) -> torch.Tensor:
+        """The learned positions, resized (bilinear) when the images are not `image_size`."""
+        if tuple(grid) == self.grid:
+            return self.position
+        table = self.position.transpose(1, 2).reshape(1, -1, *self.grid)
+        return F.interpolate(table, size=tuple(grid), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
 
 
 class Ensemble(nn.Module):
@@ -190,9 +198,10 @@ def mamba_s(in_channels: int = 1, num_classes: int = 10, **kwargs) -> nn.Module:
 
 
 @MODELS.register("mamba_ensemble")
-def mamba_ensemble(in_channels: int = 1, num_classes: int = 10, members: Sequence[dict] = (),
+def mamba_ensemble(in_channels: int = 1, num_classes: int = 10, members: Sequence[dict] = ({},),
                    weights: Sequence[float] | None = None) -> nn.Module:
-    """An `Ensemble` of `mamba_s` models, one per kwargs dict in `members`; uniform `weights` by default."""
+    """An `Ensemble` of `mamba_s` models, one per kwargs dict in `members` (default: one default `mamba_s`); uniform
+    `weights` by default."""
     if not members:
         raise ValueError("members: give at least one mamba_s kwargs dict")
     weights = weights or [1 / len(members)] * len(members)
