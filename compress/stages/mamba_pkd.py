@@ -151,7 +151,7 @@ class MambaPkdStage(Stage):
         import torch
 
         from ..methods.budget import goal_for, latency_goal
-        from ..methods.distill.chain import best_subset, member_probs, mixture_accuracy, train_chain, whole
+        from ..methods.distill.chain import best_subset, choose_primary, member_probs, mixture_accuracy, train_chain, whole
         from ..methods.measure import onnx_latency
         from ..metrics import count_macs
         from ..models import build_model, make_spec
@@ -193,9 +193,9 @@ class MambaPkdStage(Stage):
                                    **onnx_latency(variant.model, val.x[:64], onnx_path(ctx, name), cfg.latency_batch_sizes,
                                                   cfg.latency_runs))
         if cfg.select.budget:
-            chosen = choose(family, latency_goal(ctx.target.budgets.latency_ms, ctx.target, shape), None)
+            chosen = choose_primary(family, latency_goal(ctx.target.budgets.latency_ms, ctx.target, shape), None)
         else:
-            chosen = choose(family, None, teacher_accuracy - cfg.select.smallest_within / 100)
+            chosen = choose_primary(family, None, teacher_accuracy - cfg.select.smallest_within / 100)
         ctx.log(f"[{ctx.stage_name}] primary: {chosen} ({family[chosen].metrics['val_accuracy']:.2%}, "
                 f"{family[chosen].metrics['macs_share']:.1%} of the teacher's MACs); teacher {teacher_accuracy:.2%}")
         metrics.update(primary=chosen, family={n: {k: v.metrics[k] for k in ("macs_share", "val_accuracy", "latency_ms",
@@ -220,16 +220,3 @@ def onnx_path(ctx, name: str):
     """Where a family member's timed ONNX file goes: the stage's work folder."""
     return (ctx.stage_dir or ctx.run_dir / "work") / "onnx" / f"{name}.onnx"
 
-
-def choose(family: dict, goal, floor: Optional[float]) -> str:
-    """The primary model's name. With a latency `goal`: the most accurate member within it, else the fastest. With an
-    accuracy `floor`: the fewest MACs at or above it, else the most accurate."""
-    def metric(name, key):
-        return family[name].metrics[key]
-
-    if goal is not None:
-        latency = {name: goal.measure(v.model) for name, v in family.items()}
-        within = [n for n in family if latency[n] <= goal.value]
-        return max(within, key=lambda n: metric(n, "val_accuracy")) if within else min(family, key=latency.get)
-    within = [n for n in family if metric(n, "val_accuracy") >= floor - 1e-9]
-    return min(within, key=lambda n: metric(n, "macs_share")) if within else max(family, key=lambda n: metric(n, "val_accuracy"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -90,3 +90,17 @@ def whole(probs: torch.Tensor, labels: torch.Tensor, fitted: bool) -> Choice:
     """The ensemble of every model, with uniform or fitted weights."""
     weights = fit_weights(probs, labels) if fitted else torch.full((len(probs),), 1 / len(probs))
     return Choice(tuple(range(len(probs))), weights.tolist(), mixture_accuracy(probs, weights, labels), 0.0)
+
+
+def choose_primary(family: dict, goal, floor: Optional[float]) -> str:
+    """The primary model's name. With a latency `goal`: the most accurate member within it, else the fastest. With an
+    accuracy `floor`: the fewest MACs at or above it, else the most accurate."""
+    def metric(name, key):
+        return family[name].metrics[key]
+
+    if goal is not None:
+        latency = {name: goal.measure(v.model) for name, v in family.items()}
+        within = [n for n in family if latency[n] <= goal.value]
+        return max(within, key=lambda n: metric(n, "val_accuracy")) if within else min(family, key=latency.get)
+    within = [n for n in family if metric(n, "val_accuracy") >= floor - 1e-9]
+    return min(within, key=lambda n: metric(n, "macs_share")) if within else max(family, key=lambda n: metric(n, "val_accuracy"))
