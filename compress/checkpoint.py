@@ -21,6 +21,7 @@ from .run_folder import check_replaceable
 
 SPEC, WEIGHTS, METRICS, VARIANTS = "spec.json", "weights.safetensors", "metrics.json", "variants"
 SHA256 = re.compile(r"[0-9a-f]{64}")
+AUX = re.compile(r"aux-[a-z0-9_-]{1,64}\.(json|safetensors)")  # a stage's other files (e.g. a trained generator)
 
 
 class StageInfo(Strict):
@@ -43,13 +44,17 @@ class FolderMeta(Strict):
 
 def is_model_file(name: str) -> bool:
     """Whether a name in a model folder is one compress writes there."""
-    return name in (SPEC, WEIGHTS, METRICS, VARIANTS)
+    return name in (SPEC, WEIGHTS, METRICS, VARIANTS) or bool(AUX.fullmatch(name))
 
 
 def save_model_dir(folder: Path, model: nn.Module, spec: ModelSpec, metrics: dict, stage: Optional[dict] = None,
-                   variants: Optional[dict] = None) -> None:
-    """Write a complete model folder (and its `variants`: name -> Variant) under a temporary name, then move it into
-    place in one rename; an older folder there is replaced only when it holds nothing but a model folder's files."""
+                   variants: Optional[dict] = None, files: Optional[dict[str, bytes]] = None) -> None:
+    """Write a complete model folder (its `variants`: name -> Variant, and `files`: `aux-*` name -> bytes) under a
+    temporary name, then move it into place in one rename; an older folder there is replaced only when it holds
+    nothing but a model folder's files."""
+    bad = [name for name in files or {} if not AUX.fullmatch(name)]
+    if bad:
+        raise ValueError(f"a stage's own files are named aux-NAME.json or aux-NAME.safetensors, not {bad[0]!r}")
     check_replaceable(folder, is_model_file)
     variants_dir = folder / VARIANTS
     check_replaceable(variants_dir, lambda name: (variants_dir / name).is_dir())
@@ -60,18 +65,32 @@ def save_model_dir(folder: Path, model: nn.Module, spec: ModelSpec, metrics: dic
         for name, variant in (variants or {}).items():
             write_model_files(tmp / VARIANTS / name, variant.model, variant.spec, variant.metrics)
             written[name] = sha256_file(tmp / VARIANTS / name / SPEC)
-        write_model_files(tmp, model, spec, metrics, {"stage": stage} if stage else {}, written)
+        write_model_files(tmp, model, spec, metrics, {"stage": stage} if stage else {}, written, files)
 
 
 def write_model_files(folder: Path, model: nn.Module, spec: ModelSpec, metrics: dict, info: Optional[dict] = None,
-                      variants: Optional[dict[str, str]] = None) -> None:
-    """Weights and metrics first, then spec.json with their checksums: a folder without spec.json is incomplete."""
+                      variants: Optional[dict[str, str]] = None, extra: Optional[dict[str, bytes]] = None) -> None:
+    """Weights, metrics and `extra` files first, then spec.json with their checksums: a folder without spec.json is
+    incomplete."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     replace_file(folder / WEIGHTS, safetensors_bytes(state))
     replace_file(folder / METRICS, to_json(metrics))
-    files = {name: sha256_file(folder / name) for name in (WEIGHTS, METRICS)}
+    for name, data in (extra or {}).items():
+        replace_file(folder / name, data)
+    files = {name: sha256_file(folder / name) for name in (WEIGHTS, METRICS, *(extra or {}))}
     meta = {"model": spec.model_dump(mode="json"), **(info or {}), "files": files}
     replace_file(folder / SPEC, to_json({**meta, "variants": variants} if variants else meta))
+
+
+def read_aux(folder: Path, name: str) -> bytes:
+    """A stage's own file `name` from a finished model folder, checked against the checksum spec.json records."""
+    meta = read_spec(folder)
+    path = folder / name
+    if meta is None or name not in meta.files:
+        raise RunDirError(f"{folder}: no {name} recorded in {SPEC}")
+    if not path.is_file() or sha256_file(path) != meta.files[name]:
+        raise RunDirError(f"{path}: missing or corrupt (checksum differs from {SPEC}); delete {folder} or rerun with --no-resume")
+    return path.read_bytes()
 
 
 def corrupt(folder: Path, problem: str) -> RunDirError:

@@ -17,6 +17,7 @@ USAGE_EPILOG = """commands:
   compress targets                                   list hardware target profiles
   compress targets show NAME|PATH                    print one profile
   compress profile ARTIFACTS_DIR --target NAME       measure artifacts on this machine (e.g. on the device)
+  compress assemble RUN_DIR --target NAME --macs X   a model for a budget from a run's factory stage, in seconds
 
 examples:
   compress examples/quickstart.yaml --target jetson
@@ -55,6 +56,21 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default: 1,32)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per batch size after warm-up (default: 50)")
     p.add_argument("--calibrate", metavar="OUT.yaml", help="also fit the cost model to these measurements and save the calibrated profile")
+    add_common(p)
+    return p
+
+
+def assemble_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress assemble", description="Assemble a model for a budget (and a class subset) "
+                                "from a finished run's factory stage, without search; export and validate it for the "
+                                "target. Writes RUN_DIR/assembled/<name>/ and prints each step's wall time.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder whose pipeline has a factory stage")
+    p.add_argument("--target", metavar="NAME|PATH", required=True, help="target profile the model is for")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--latency-ms", type=float, help="batch-1 latency budget on the target (cost model)")
+    budget.add_argument("--macs", type=float, help="MACs budget as a share of the full supernet's (0-1]")
+    budget.add_argument("--size-kb", type=float, help="weights size budget on the target's precision, kB")
+    p.add_argument("--classes", metavar="I,J,...", help="the classes the model predicts (its head keeps only those)")
     add_common(p)
     return p
 
@@ -125,9 +141,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assemble(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .assemble import assemble_command
+
+    budget = {"latency_ms": args.latency_ms, "macs": args.macs, "size_kb": args.size_kb}
+    assemble_command(Path(args.run_dir), args.target, budget, args.classes, args.quiet)
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "targets": (targets_parser, cmd_targets),
     "profile": (profile_parser, cmd_profile),
+    "assemble": (assemble_parser, cmd_assemble),
 }
 
 

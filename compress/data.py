@@ -6,7 +6,7 @@ import math
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
@@ -44,6 +44,14 @@ class Split:
     def head(self, n: Optional[int]) -> "Split":
         return self if n is None else Split(self.x[:n], self.y[:n])
 
+    def of_classes(self, classes: list[int]) -> "Split":
+        """The examples of `classes`, labelled by their position in `classes` (what a class-subset head predicts)."""
+        size = max([*classes, int(self.y.max()) if len(self.y) else 0]) + 1
+        position = torch.full((size,), -1, dtype=torch.long)
+        position[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+        keep = position[self.y] >= 0
+        return Split(self.x[keep], position[self.y[keep]])
+
 
 @dataclass
 class DataBundle:
@@ -57,6 +65,15 @@ class DataBundle:
     num_classes: int
     mean: float
     std: float
+
+    def for_spec(self, spec) -> "DataBundle":
+        """The data a model of `spec` is measured on: all of it, or the examples of the classes its head predicts."""
+        classes = spec.classes
+        if classes is None:
+            return self
+        cut = lambda s: s.of_classes(classes)  # noqa: E731
+        return replace(self, train=cut(self.train), val=cut(self.val), test=None if self.test is None else cut(self.test),
+                       calibration=cut(self.calibration), num_classes=len(classes))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

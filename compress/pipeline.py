@@ -184,11 +184,11 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
         result = stage.run(model, spec, ctx)
         model, spec = result.model, result.spec or spec
         check_variant_names(result.variants, records, stage.label)
-        metrics = {**measured(model, data, cfg.data.eval_batch_size, torch_device), "seconds": time.time() - t0, **result.metrics}
-        variants = {name: replace(v, metrics={**measured(v.model, data, cfg.data.eval_batch_size, torch_device), **v.metrics})
+        metrics = {**measured(model, data.for_spec(spec), cfg.data.eval_batch_size, torch_device), "seconds": time.time() - t0, **result.metrics}
+        variants = {name: replace(v, metrics={**measured(v.model, data.for_spec(v.spec), cfg.data.eval_batch_size, torch_device), **v.metrics})
                     for name, v in result.variants.items()}
         stage_info = {"index": i, "type": stage.config.type, "label": stage.label, "hash": hashes[i]}
-        on_main(group, lambda: save_stage(folders, i, model, spec, metrics, stage_info, variants))
+        on_main(group, lambda: save_stage(folders, i, model, spec, metrics, stage_info, variants, result.files))
         records.append({**stage_info, "status": "ran", "metrics": metrics,
                         "variants": [{"name": n, "model": v.spec.model_dump(mode="json"), "metrics": v.metrics}
                                      for n, v in variants.items()]})
@@ -196,7 +196,8 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
     if not group.is_main:
         return None
 
-    test = evaluate(model, data.test, cfg.data.eval_batch_size, torch_device) if data.test is not None else None
+    test_data = data.for_spec(spec).test
+    test = evaluate(model, test_data, cfg.data.eval_batch_size, torch_device) if test_data is not None else None
     asked = exported_variants(cfg.export.variants, records, pipeline.path)
     loaded = {name: (name, *load_model_dir(folders[i] / VARIANTS / name)[:2])
               for i, name in dict.fromkeys(asked + [item for t in targets for item in chosen_variants(records, t.name)])}
@@ -295,7 +296,9 @@ def finished_prefix(folders: list[Path], hashes: list[str]) -> int:
     return done
 
 
-def save_stage(folders: list[Path], index: int, model, spec, metrics: dict, stage_info: dict, variants: dict) -> None:
-    """Checkpoint a finished stage (with its variants) and drop the folders of later stages left by an earlier config."""
-    save_model_dir(folders[index], model, spec, metrics, stage_info, variants)
+def save_stage(folders: list[Path], index: int, model, spec, metrics: dict, stage_info: dict, variants: dict,
+               files: dict[str, bytes]) -> None:
+    """Checkpoint a finished stage (with its variants and own files) and drop the folders of later stages left by an
+    earlier config."""
+    save_model_dir(folders[index], model, spec, metrics, stage_info, variants, files)
     remove_stale_stages(folders[index].parent.parent, keep=folders[: index + 1])

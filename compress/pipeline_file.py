@@ -105,6 +105,9 @@ def validate_stages(path: Path, config: PipelineConfig) -> list:
             problems.extend(error_lines(e, prefix=where))
             continue
         labels = [stage.label for stage in stages]
+        if cls.needs and cls.needs not in [stage.config.type for stage in stages]:
+            problems.append(f"{where}: a {stage_type} stage needs an earlier `type: {cls.needs}` stage (it reads that "
+                            f"stage's output); add one before it")
         for key, label in stage_config.earlier_stages().items():
             if label not in labels:
                 problems.append(f"{where}.{key}: {shown(label)} is not an earlier stage; expected one of: {', '.join(labels) or '(none)'}")

@@ -443,7 +443,23 @@ def family_notes(report: dict) -> str:
         if isinstance(m.get("fixed_layers"), dict) and m["fixed_layers"]:
             fixed = ", ".join(f"<code>{esc(n)}</code> ({esc(why)})" for n, why in m["fixed_layers"].items())
             notes.append(f"<p>{esc(stage_label(s))} kept at full width: {fixed}.</p>")
+        if isinstance(m.get("scenarios"), dict) and m["scenarios"]:
+            notes.append(assembly_table(stage_label(s), m["scenarios"]))
     return "".join(notes)
+
+
+def assembly_table(label: str, scenarios: dict) -> str:
+    """A factory stage's scenarios: budget, cost, accuracy and wall time of the assembly, the prefix rule and the search."""
+    rows = []
+    for name, m in scenarios.items():
+        if not isinstance(m, dict):
+            continue
+        budget, prefix, search = (m.get(k) if isinstance(m.get(k), dict) else {} for k in ("budget", "prefix", "search"))
+        rows.append([f"<code>{esc(name)}</code>", f"{esc(budget.get('kind', '?'))} {fmt(budget.get('value'), lambda v: f'{v:.4g}')}",
+                     fmt(m.get("cost"), lambda v: f"{v:.4g}"), fmt(m.get("accuracy"), pct), fmt(m.get("assembly_seconds"), lambda v: f"{v:.2f} s"),
+                     fmt(prefix.get("accuracy"), pct), fmt(search.get("accuracy"), pct), fmt(search.get("seconds"), lambda v: f"{v:.1f} s")])
+    body = table(["scenario", "budget", "cost", "accuracy", "assembled in", "prefix rule", "search", "search time"], rows, range(2, 8))
+    return f"<p>{esc(label)} assembled, without search (accuracy on each scenario's classes):</p>{body}"
 
 
 def stage_section(report: dict) -> str:

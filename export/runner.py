@@ -2,6 +2,7 @@
 per model the fastest artifact within the budgets, per target the most accurate model of the family among those."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -66,26 +67,34 @@ def export_problems(config: ExportConfig, targets: list[TargetProfile]) -> list[
 
 def export_and_validate(model, spec: ModelSpec, data: DataBundle, config: ExportConfig, target: TargetProfile,
                         out_dir: Path, eval_batch_size: int = 512,
-                        variant: Optional[str] = None) -> tuple[list[Artifact], Optional[dict]]:
+                        variant: Optional[str] = None, seconds: Optional[dict[str, float]] = None) -> tuple[list[Artifact], Optional[dict]]:
     """Run the exporters, check every file with the pre-flight check and ONNX Runtime, choose the deployable one.
-    `variant` names the model of the stage family being exported (None: the primary model)."""
-    model = model.cpu().eval()
+    `variant` names the model of the stage family being exported (None: the primary model); `seconds` collects the
+    wall time of exporting and of validating."""
+    seconds = {} if seconds is None else seconds
+    seconds.setdefault("export", 0.0)
+    seconds.setdefault("validate", 0.0)
+    model, data = model.cpu().eval(), data.for_spec(spec)  # a class-subset head is measured on its classes
     reference = predict(model, data.val, eval_batch_size)
     reference_accuracy = float((reference.argmax(1) == data.val.y).float().mean())
     layers = layer_costs(model, data.input_shape)
     request = ExportRequest(model, checked_sparsity(model, spec), data, out_dir, config, target)
     for fmt in config.formats or default_formats(target):
         exporter = EXPORTERS.get(fmt)()
+        started = time.perf_counter()
         try:
             path = exporter.export(request)
             if path.suffix == ".onnx":
                 stamp_spec(path, request.spec)
+            seconds["export"] += time.perf_counter() - started
             if exporter.packages:
                 request.artifacts.append(bundle_artifact(path, request, exporter.notes))
                 continue
+            started = time.perf_counter()
             check_graph(path, target)
             artifact = validate_artifact(path, fmt, exporter.precision, reference, data.val, reference_accuracy,
                                          config.latency_batch_sizes, config.latency_runs, eval_batch_size)
+            seconds["validate"] += time.perf_counter() - started
         except ExportError as e:
             if fmt == "onnx":
                 raise
@@ -123,8 +132,10 @@ def export_for_targets(families: dict[str, list[tuple[Optional[str], object, Mod
                 made, deploy = [Artifact(format="onnx", precision="fp32", path="", size_bytes=0, sha256="", status="failed",
                                          reason=str(e), variant=variant, target=target.name)], None
             artifacts += made
-            choices += [deploy] if deploy else []
-        deployments[target.name] = choose_across(choices)
+            choices += [(deploy, spec.classes is None)] if deploy else []
+        # a model for a class subset does another task: it is exported and validated, but deployed only when no
+        # model of the whole task has a deployable artifact
+        deployments[target.name] = choose_across([d for d, whole in choices if whole] or [d for d, _ in choices])
     return artifacts, deployments
 
 

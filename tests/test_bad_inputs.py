@@ -105,6 +105,11 @@ class Inputs:
         damage(self.run_dir / "stages" / "01-train")
         return self.run(*args)
 
+    def assemble(self, *args: str) -> list[str]:
+        """`compress assemble` on a copy of the finished run (which has no factory stage)."""
+        shutil.copytree(self.finished, self.run_dir)
+        return ["assemble", str(self.run_dir), "--target", "x86-avx2", *args]
+
     def profile(self, *args: str, folder: str | None = None, report: str | None = None) -> list[str]:
         """`compress profile` of a copy of the finished run's artifacts (its report.json replaced by `report` when
         given), or of `folder`, on this machine."""
@@ -434,6 +439,28 @@ CATALOGUE = [
      ["no sub-network can fit the budgets of target my-box: the smallest, w0.25, has latency_ms", "> 0.0001"]),
     ("slice/teacher-stage-missing", lambda s: s.run(stages=[{"type": "train"}, {"type": "slice", "inplace_distillation": {"stage": "big"}}]), 2,
      ["stages[1].inplace_distillation.stage: 'big' is not an earlier stage; expected one of: train"]),
+    ("factory/no-slice-stage", lambda s: s.run(stages=[{"type": "train"}, {"type": "factory", "scenarios": [{"macs": 0.5}]}]), 2,
+     ["stages[1]: a factory stage needs an earlier `type: slice` stage (it reads that stage's output); add one before it"]),
+    ("factory/two-budgets", lambda s: s.run(stages=[{"type": "slice"}, {"type": "factory", "scenarios": [{"macs": 0.5, "latency_ms": 1}]}]), 2,
+     ["stages[1].scenarios[0]", "give exactly one budget of latency_ms, macs, size_kb; got latency_ms, macs"]),
+    ("factory/classes-empty", lambda s: s.run(stages=[{"type": "slice"}, {"type": "factory", "scenarios": [{"macs": 0.5, "classes": []}]}]), 2,
+     ["stages[1].scenarios[0].classes: List should have at least 2 items"]),
+    ("factory/classes-repeated", lambda s: s.run(stages=[{"type": "slice"}, {"type": "factory", "scenarios": [{"macs": 0.5, "classes": [3, 3]}]}]), 2,
+     ["stages[1].scenarios[0].classes: lists a class twice"]),
+    ("factory/class-out-of-range", lambda s: s.run(stages=[{"type": "slice"}, {"type": "factory", "scenarios": [{"macs": 0.5, "classes": [0, 12]}]}]), 2,
+     ["stage 'factory': scenarios[0].classes: class 12 is out of range: the data has 10 classes (0-9)"]),
+    ("factory/budget-below-the-smallest", lambda s: s.run(stages=[{"type": "slice"}, {"type": "factory", "scenarios": [{"latency_ms": 1e-6}]}]), 2,
+     ["stage 'factory': scenarios[0]: budget latency_ms 1e-06 is below the smallest possible sub-network: the smallest achievable is", "ms on target x86-avx2"]),
+    ("factory/unknown-target", lambda s: s.run(stages=[{"type": "slice"}, {"type": "factory", "scenarios": [{"latency_ms": 1, "target": "jetson"}]}]), 2,
+     ["stage 'factory': scenarios[0].target: 'jetson' is not a target of this run (x86-avx2)"]),
+    ("factory/target-without-cost-numbers", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(peak_tops={"fp32": 1.0}))), 2,
+     ["peak_tops has no figure for ['int8']"]),
+    ("assemble/no-factory-stage", lambda s: s.assemble("--macs", "0.5"), 2,
+     ["no trained supernet and generator (no finished factory stage); add a `type: slice` stage, then a `type: factory` stage"]),
+    ("assemble/two-budgets", lambda s: s.assemble("--macs", "0.5", "--size-kb", "10"), 2,
+     ["argument --size-kb: not allowed with argument --macs"]),
+    ("assemble/classes-not-numbers", lambda s: s.assemble("--macs", "0.5", "--classes", "0,two"), 2,
+     ["--classes: expected class indices separated by commas, e.g. 0,2,5; got '0,two'"]),
     ("mamba/patch-does-not-divide", lambda s: s.run(stages=[{"type": "mamba_pkd", "students": [{"d_model": 8, "n_layers": 1,
                                                                                             "d_state": 2, "patch": 5}]}]), 2,
      ["stage 'mamba_pkd': students[0].patch: 5 does not divide the 28x28 images; use a divisor such as 1, 2, 4, 7, 14"]),

@@ -60,12 +60,19 @@ class ModelSpec(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     transforms: list[Transform] = Field(default_factory=list)
     sparsity: Optional[Sparsity] = None
+    classes: Optional[list[Natural]] = Field(None, description="the dataset classes the head predicts, in output order "
+                                             "(an assembled model for a class subset); None: all num_classes")
 
     def then(self, *transforms: Union[Resize, Drop]) -> "ModelSpec":
         """This spec with `transforms` recorded after the others (empty ones skipped); a structural change drops the
         sparsity mark, which named the old layers."""
         kept = [t for t in transforms if t.modules]
         return self.model_copy(update={"transforms": [*self.transforms, *kept], "sparsity": None if kept else self.sparsity})
+
+    def for_classes(self, classes: list[int]) -> "ModelSpec":
+        """This spec for a head cut down to `classes` (indices into the classes the head predicts now)."""
+        now = self.classes or list(range(self.num_classes))
+        return self.model_copy(update={"classes": [now[c] for c in classes]})
 
     def marked(self, sparsity: Optional[Sparsity]) -> "ModelSpec":
         return self.model_copy(update={"sparsity": sparsity})

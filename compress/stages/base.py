@@ -46,6 +46,7 @@ class StageResult:
     spec: Optional[ModelSpec] = None  # None: the architecture is unchanged
     metrics: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, Variant] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # aux-NAME.json|safetensors -> bytes, saved in the stage folder
 
 
 class Stage:
@@ -55,6 +56,7 @@ class Stage:
     Config: ClassVar[type[StageConfig]] = StageConfig
     example: ClassVar[dict[str, Any]]  # a small working entry: the README's example and the contract test's stage
     variant_per_target: ClassVar[bool] = False  # True: given several targets, it makes a variant for each
+    needs: ClassVar[Optional[str]] = None  # the type of an earlier stage whose output this one reads
 
     def __init__(self, config: StageConfig):
         self.config = config

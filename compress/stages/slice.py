@@ -89,24 +89,16 @@ class SliceStage(Stage):
 
     def supernet(self, model, ctx):
         """The nested supernet of `model`; a model with nothing to nest or too few blocks is a ConfigError."""
-        import torch
+        from ..methods.slicing.supernet import nested
 
-        from ..methods.pruning.masks import layers_in_order
-        from ..methods.slicing.groups import find_groups
-        from ..methods.slicing.supernet import Supernet, residual_stages
-
-        cfg, shape = self.config, ctx.data.input_shape
-        classifier = list(layers_in_order(model, shape))[-1]
+        cfg = self.config
+        align = cfg.round_to or max([t.channel_alignment for t in ctx.targets] or [1])
         try:
-            nesting = find_groups(model, torch.zeros(1, *shape, device=ctx.device), keep=[classifier])
+            supernet = nested(model, ctx.data.input_shape, ctx.device, align, depth=bool(cfg.depths))
         except ConfigError as e:
             raise ConfigError(f"stage {ctx.stage_name!r}: {e}") from None
-        if not nesting.groups:
-            fixed = "; ".join(f"{name} ({why})" for name, why in nesting.fixed.items())
-            raise ConfigError(f"stage {ctx.stage_name!r}: no channel group of the model can be nested: {fixed or 'no layers'}")
-        stages = residual_stages(model, shape) if cfg.depths else []
-        supernet = Supernet(model, nesting, stages, cfg.round_to or max([t.channel_alignment for t in ctx.targets] or [1]))
         if cfg.depths and cfg.depths[-1] > supernet.max_depth:
+            stages = supernet.stages
             raise ConfigError(f"stage {ctx.stage_name!r}: depths: {cfg.depths[-1]} blocks per stage, but the model's longest "
                               f"residual stage has {supernet.max_depth} ({', '.join(map(str, stages[:3])) or 'none found'})")
         return supernet

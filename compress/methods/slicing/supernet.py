@@ -33,6 +33,15 @@ class SubNet:
         return f"w{self.width:g}" + ("" if self.depth is None else f"-d{self.depth}")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Any sub-network of a supernet: the units kept of every slice group (a prefix) and the blocks kept of every
+    residual stage (the first ones); a `SubNet` is one with the same width everywhere."""
+
+    units: tuple[int, ...]
+    blocks: tuple[int, ...]
+
+
 def kept_units(group: SliceGroup, width: float, align: int) -> int:
     """Units of `group` a sub-network of `width` keeps: a multiple of the channel alignment where the group is wide
     enough (a group narrower than the alignment stays whole), and at least one step."""
@@ -74,28 +83,36 @@ class Supernet:
     def max_depth(self) -> int:
         return max((len(s) for s in self.stages), default=0)
 
-    def dropped_blocks(self, subnet: SubNet) -> list[str]:
+    def layout(self, subnet: SubNet | Layout) -> Layout:
+        """The layout of `subnet` (a Layout is returned as it is)."""
+        if isinstance(subnet, Layout):
+            return subnet
         depth = subnet.depth or self.max_depth
-        return [block for stage in self.stages for block in stage[depth:]]
+        return Layout(tuple(kept_units(g, subnet.width, self.align) for g in self.nesting.groups),
+                      tuple(min(depth, len(stage)) for stage in self.stages))
 
-    def kept_indices(self, subnet: SubNet) -> dict[tuple[str, int], torch.Tensor]:
+    def dropped_blocks(self, subnet: SubNet | Layout) -> list[str]:
+        layout = self.layout(subnet)
+        return [block for stage, kept in zip(self.stages, layout.blocks) for block in stage[kept:]]
+
+    def kept_indices(self, subnet: SubNet | Layout) -> dict[tuple[str, int], torch.Tensor]:
         """(module, OUT|IN) -> the indices the sub-network keeps, for every module dimension it narrows."""
         dropped: dict[tuple[str, int], set[int]] = {}
-        for group in self.nesting.groups:
-            for unit in group.units[kept_units(group, subnet.width, self.align):]:
+        for group, kept in zip(self.nesting.groups, self.layout(subnet).units):
+            for unit in group.units[kept:]:
                 for key, idxs in unit.items():
                     dropped.setdefault(key, set()).update(idxs)
         modules = dict(self.model.named_modules())
         return {(name, dim): torch.tensor([i for i in range(dim_size(modules[name], dim)) if i not in gone])
                 for (name, dim), gone in dropped.items()}
 
-    def signature(self, subnet: SubNet) -> tuple:
+    def signature(self, subnet: SubNet | Layout) -> tuple:
         """What the sub-network is made of: equal signatures are the same model."""
-        kept = self.kept_indices(subnet)
-        return tuple(sorted((key, len(v)) for key, v in kept.items())), tuple(self.dropped_blocks(subnet))
+        layout = self.layout(subnet)
+        return layout.units, tuple(self.dropped_blocks(layout))
 
     @contextmanager
-    def active(self, subnet: SubNet) -> Iterator[nn.Module]:
+    def active(self, subnet: SubNet | Layout) -> Iterator[nn.Module]:
         """Run the supernet as `subnet` inside the block: narrowed layers slice their weights, dropped blocks pass
         their input through, and BatchNorm layers leave their running statistics (the full network's) alone."""
         modules = dict(self.model.named_modules())
@@ -112,7 +129,7 @@ class Supernet:
             for name in [*changed, *self.dropped_blocks(subnet)]:
                 del modules[name].forward
 
-    def extract(self, subnet: SubNet) -> tuple[nn.Module, list]:
+    def extract(self, subnet: SubNet | Layout) -> tuple[nn.Module, list]:
         """A standalone copy of the sub-network, and the transforms (resize, drop) its spec records."""
         dense = copy.deepcopy(self.model)
         modules = dict(dense.named_modules())
@@ -129,6 +146,21 @@ class Supernet:
         dropped = self.dropped_blocks(subnet)
         remove_modules(dense, dropped)
         return dense, [Resize(modules=resize_changes(shape_attrs(self.model), shape_attrs(dense))), Drop(modules=dropped)]
+
+
+def nested(model: nn.Module, input_shape: tuple[int, ...], device, align: int, depth: bool) -> Supernet:
+    """The nested supernet of `model`: its slice groups (the classifier's outputs kept whole) and, with `depth`, its
+    residual stages; a ConfigError when torch-pruning cannot trace it or nothing can be nested (naming the layers)."""
+    from ...errors import ConfigError
+    from ..pruning.masks import layers_in_order
+    from .groups import find_groups
+
+    classifier = list(layers_in_order(model, input_shape))[-1]
+    nesting = find_groups(model, torch.zeros(1, *input_shape, device=device), keep=[classifier])
+    if not nesting.groups:
+        fixed = "; ".join(f"{name} ({why})" for name, why in nesting.fixed.items())
+        raise ConfigError(f"no channel group of the model can be nested: {fixed or 'no layers'}")
+    return Supernet(model, nesting, residual_stages(model, input_shape) if depth else [], align)
 
 
 def dim_size(module: nn.Module, dim: int) -> int:

@@ -1,0 +1,201 @@
+"""`type: factory` — NN-Factory assembly. The supernet an earlier `type: slice` stage trained is cut into modules
+(`module_channels` channels of every channel group, and its residual blocks); a small generator learns, with the
+supernet frozen, to map a scenario (a latency, MACs or size budget on a target, and a class subset) to the modules
+to keep. Each scenario listed is then assembled in seconds without search: generated, repaired until the real cost
+is within budget, its head cut to the scenario's classes, BatchNorm recalibrated. The assembled models are the
+stage's family; the SortedNet prefix rule and an evolutionary search are measured beside each one. The generator is
+saved with the stage, so `compress assemble RUN_DIR` makes more models later. Mechanics: `methods/assembly`."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, PositiveFloat, field_validator, model_validator
+
+from ..config import Count, Name, Natural, Strict
+from ..errors import ConfigError
+from .base import Stage, StageConfig, StageResult, Variant, register_stage
+from .slice import StageTeacher
+
+BUDGET_KEYS = ("latency_ms", "macs", "size_kb")
+
+
+class ScenarioConfig(Strict):
+    """One model to assemble: exactly one budget, optionally a class subset and the target it is for."""
+
+    name: Optional[Name] = Field(None, description="the variant's name; default from the budget, e.g. macs0.3-c0-2-5")
+    latency_ms: Optional[PositiveFloat] = Field(None, description="batch-1 latency budget on the target (cost model), ms")
+    macs: Optional[float] = Field(None, gt=0, le=1, description="MACs budget as a share of the full supernet's")
+    size_kb: Optional[PositiveFloat] = Field(None, description="weights size budget on the target's precision, kB")
+    classes: Optional[list[Natural]] = Field(None, min_length=2, max_length=100_000,
+                                             description="the classes the model predicts (its head keeps only their rows)")
+    target: Optional[Name] = Field(None, description="the run target a latency or size budget is on; default: the first")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "ScenarioConfig":
+        given = [k for k in BUDGET_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one budget of {', '.join(BUDGET_KEYS)}; got {', '.join(given) or 'none'}")
+        return self
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("lists a class twice")
+        return v
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in BUDGET_KEYS if getattr(self, k) is not None)
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        unit = {"latency_ms": "ms", "macs": "", "size_kb": "kB"}[self.kind]
+        where = f"-{self.target}" if self.target and self.kind != "macs" else ""
+        classes = "-c" + "-".join(map(str, self.classes)) if self.classes else ""
+        return f"{self.kind.split('_')[0]}{getattr(self, self.kind):g}{unit}{where}{classes}"[:64]
+
+
+class GeneratorConfig(Strict):
+    """The module assembler network and its training (the supernet stays frozen)."""
+
+    hidden: int = Field(64, ge=4, le=4096, description="width of the generator's two hidden layers")
+    epochs: float = Field(3.0, gt=0, le=10_000, description="passes over the training split, one sampled scenario per batch",
+                          json_schema_extra={"smoke": 1})
+    lr: float = Field(3e-3, gt=0, le=10, description="Adam learning rate")
+    budget_penalty: float = Field(10.0, ge=0, le=1e6, description="weight of the relative cost above budget in the loss")
+    temperature: float = Field(1.0, gt=0, le=100, description="Gumbel-sigmoid temperature of the relaxed masks")
+
+
+class SearchConfig(Strict):
+    """The evolutionary-search baseline measured beside each assembled model."""
+
+    population: int = Field(16, ge=2, le=10_000, description="candidates per generation", json_schema_extra={"smoke": 4})
+    generations: int = Field(8, ge=1, le=10_000, description="generations after the random first one",
+                             json_schema_extra={"smoke": 1})
+    samples: int = Field(2000, ge=1, le=10_000_000, description="training examples each candidate is scored on (after its "
+                         "BatchNorm recalibration)", json_schema_extra={"smoke": 128})
+
+
+class FactoryConfig(StageConfig):
+    type: Literal["factory"] = Field("factory", description="the stage's registered name")
+    supernet: Optional[StageTeacher] = Field(None, description="the slice stage whose supernet is assembled from; default: "
+                                             "the nearest earlier one")
+    module_channels: Optional[Count] = Field(None, le=4096, description="channels per module; default: the largest "
+                                             "channel_alignment of the run's targets")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    scenarios: list[ScenarioConfig] = Field(min_length=1, max_length=256, description="the models to assemble; the first "
+                                            "is the stage's primary output")
+    bn_recalibration_batches: Natural = Field(10, le=1_000_000, description="training batches (of the scenario's classes) "
+                                              "that recompute an assembled model's BatchNorm statistics",
+                                              json_schema_extra={"smoke": 2})
+    search: Optional[SearchConfig] = Field(default_factory=SearchConfig, description="the evolutionary-search baseline "
+                                           "(null: leave it out)")
+
+    @field_validator("scenarios")
+    @classmethod
+    def _names(cls, v: list[ScenarioConfig]) -> list[ScenarioConfig]:
+        labels = [s.label for s in v]
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        if twice:
+            raise ValueError(f"two scenarios are named {twice[0]!r}; give them different budgets or a `name`")
+        return v
+
+    def earlier_stages(self) -> dict[str, str]:
+        return {"supernet.stage": self.supernet.stage} if self.supernet else {}
+
+
+@register_stage
+class FactoryStage(Stage):
+    type = "factory"
+    Config = FactoryConfig
+    needs = "slice"
+    variant_per_target = True  # each scenario names its target; its model is exported for that target
+    example = {"type": "factory", "module_channels": 8, "generator": {"hidden": 64, "epochs": 3, "budget_penalty": 10.0},
+               "scenarios": [{"macs": 0.5}, {"macs": 0.3, "classes": [0, 2, 5]}]}
+
+    def target_dependence(self) -> Optional[str]:
+        return "latency and size budgets are measured on the run's targets"
+
+    def scenarios(self, ctx, num_classes: int) -> list:
+        """The configured scenarios as `Scenario`s on the run's targets; a ConfigError for an unknown target or class."""
+        from ..methods.assembly.generator import Scenario
+
+        targets = {t.name: t for t in ctx.targets}
+        out = []
+        for i, entry in enumerate(self.config.scenarios):
+            where = f"stage {ctx.stage_name!r}: scenarios[{i}]"
+            if entry.target and entry.target not in targets:
+                raise ConfigError(f"{where}.target: {entry.target!r} is not a target of this run ({', '.join(targets)})")
+            bad = [c for c in entry.classes or [] if c >= num_classes]
+            if bad:
+                raise ConfigError(f"{where}.classes: class {bad[0]} is out of range: the data has {num_classes} classes (0-"
+                                  f"{num_classes - 1})")
+            target = targets[entry.target] if entry.target else ctx.target
+            out.append(Scenario(entry.kind, getattr(entry, entry.kind), target, tuple(entry.classes) if entry.classes else None))
+        return out
+
+    def modular(self, model, ctx, depth: bool = True):
+        from ..methods.assembly.modules import ModularSupernet
+        from ..methods.slicing.supernet import nested
+
+        align = self.config.module_channels or max([t.channel_alignment for t in ctx.targets] or [1])
+        return ModularSupernet(nested(model, ctx.data.input_shape, ctx.device, align, depth), align, ctx.data.input_shape)
+
+    def check(self, model, spec, ctx) -> None:
+        """Targets and classes exist and every budget is above the smallest possible sub-network (measured on the model
+        the run starts from, whose shape the slice stage keeps; a profile always has the cost model's numbers)."""
+        from ..methods.assembly.assemble import Factory, check_scenario
+        from ..methods.assembly.generator import Generator
+
+        if ctx.target is None:
+            raise ConfigError(f"stage {ctx.stage_name!r}: needs a target profile (its budgets are measured on one)")
+        scenarios = self.scenarios(ctx, ctx.data.num_classes)
+        net = self.modular(model, ctx)
+        factory = Factory(net, Generator(1, net.sizes, net.depths), ctx.data.num_classes)
+        for i, scenario in enumerate(scenarios):
+            try:
+                check_scenario(factory, scenario)
+            except ConfigError as e:
+                raise ConfigError(f"stage {ctx.stage_name!r}: scenarios[{i}]: {e}") from None
+
+    def run(self, model, spec, ctx) -> StageResult:
+        import math
+        import time
+
+        from ..methods.assembly.assemble import Factory
+        from ..methods.assembly.generator import Generator, GeneratorTraining, context_size, train_generator
+        from ..methods.assembly.persist import factory_files, supernet_source
+        from ..methods.assembly.compare import measure_scenario
+        from ..data import BatchLoader
+
+        cfg, num_classes = self.config, ctx.data.num_classes
+        supernet_model, supernet_spec, source = supernet_source(cfg.supernet.stage if cfg.supernet else None, ctx)
+        net = self.modular(supernet_model, ctx, depth=bool(source["residual_stages"]))
+        generator = Generator(context_size(num_classes), net.sizes, net.depths, cfg.generator.hidden)
+        steps = max(1, math.ceil(cfg.generator.epochs * len(BatchLoader(ctx.data.train, ctx.data_config.batch_size))))
+        plan = GeneratorTraining(steps, cfg.generator.lr, cfg.generator.budget_penalty, cfg.generator.temperature)
+        started = time.perf_counter()
+        history = train_generator(net, generator, ctx.data.train, ctx.data_config.batch_size, ctx.targets, num_classes,
+                                  plan, ctx.seed, ctx.device, ctx.log)
+        train_seconds = time.perf_counter() - started
+        factory = Factory(net, generator, num_classes)
+        results = [measure_scenario(factory, scenario, cfg, ctx) for scenario in self.scenarios(ctx, num_classes)]
+        names = [entry.label for entry in cfg.scenarios]
+        (first, *others) = [(name, r) for name, r in zip(names, results)]
+
+        def spec_of(result):
+            built = supernet_spec.then(*result.assembly.transforms)
+            return built.for_classes(list(result.scenario.classes)) if result.scenario.classes else built
+
+        metrics = {"generator": {"steps": steps, "train_seconds": train_seconds, "history": history, "modules": net.sizes, "blocks": net.depths,
+                                 "module_channels": net.module_channels}, "supernet": source,
+                   "scenarios": {name: r.metrics for name, r in zip(names, results)}, "primary": first[0]}
+        for entry, result in zip(cfg.scenarios, results):
+            if entry.target:
+                result.metrics["chosen_for"] = [entry.target]
+        variants = {name: Variant(r.assembly.model, spec_of(r), r.metrics) for name, r in others}
+        return StageResult(model=first[1].assembly.model, spec=spec_of(first[1]), metrics=metrics, variants=variants,
+                           files=factory_files(factory, net.module_channels, cfg.bn_recalibration_batches, source))

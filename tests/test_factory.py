@@ -1,0 +1,171 @@
+"""NN-Factory assembly: a module choice runs as a mask on the supernet exactly as its extracted model does, with the
+costs the cost model gives that model; the generator trains on a tiny supernet and no assembled model is ever over
+its budget; a bigger budget never gives a smaller model; a class-subset head predicts its classes' logits; and the
+stage and `compress assemble` work end to end from the CLI."""
+import json
+import random
+
+import pytest
+import torch
+import yaml
+
+from compress.checkpoint import VARIANTS, load_model_dir
+from compress.cli import main
+from compress.methods.assembly.assemble import Factory, assemble, prefix_choice
+from compress.methods.assembly.generator import Generator, GeneratorTraining, Scenario, context_size, train_generator
+from compress.methods.assembly.modules import Choice, ModularSupernet
+from compress.methods.budget import target_costs
+from compress.methods.slicing.supernet import nested
+from compress.metrics import count_macs
+from compress.models import build_model, make_spec
+from compress.targets import resolve
+from conftest import TINY_DATA, tiny_pipeline
+
+SHAPE = (1, 28, 28)
+TARGETS = [resolve("x86-avx512-vnni"), resolve("jetson-orin-nano")]
+
+
+def tiny_net(seed: int = 0) -> ModularSupernet:
+    torch.manual_seed(seed)
+    model = build_model(make_spec("resnet_s", 1, 10, {"widths": [8, 16], "depths": [2, 2]}))
+    return ModularSupernet(nested(model, SHAPE, torch.device("cpu"), 4, depth=True), 4, SHAPE)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data):
+    """A factory whose generator trained 40 steps on a random-weight tiny supernet."""
+    net = tiny_net()
+    generator = Generator(context_size(10), net.sizes, net.depths, hidden=16)
+    train_generator(net, generator, tiny_data.train, 32, TARGETS, 10, GeneratorTraining(steps=40), 0, torch.device("cpu"), None)
+    return Factory(net, generator, 10)
+
+
+def random_choice(net: ModularSupernet, rng: random.Random) -> Choice:
+    return Choice(tuple(rng.randint(1, n) for n in net.sizes), tuple(rng.randint(1, d) for d in net.depths))
+
+
+def test_masked_supernet_computes_the_extracted_model_and_its_costs(tiny_data):
+    net, rng, x = tiny_net(), random.Random(0), tiny_data.val.x[:16]
+    for _ in range(4):
+        choice = random_choice(net, rng)
+        dense, _ = net.extract(choice)
+        net.supernet.model.train(), dense.train()  # BatchNorm on batch statistics in both
+        with torch.no_grad(), net.masked(*net.masks_of(choice)) as masked:
+            assert torch.allclose(masked(x), dense(x), atol=1e-5), choice
+        terms = net.costs.terms(*net.masks_of(choice))
+        assert float(terms["macs"]) == pytest.approx(count_macs(dense, SHAPE), rel=1e-6)
+        for target in TARGETS:
+            expected = target_costs(dense, target, SHAPE)["latency_ms"]
+            assert float(net.costs.cost("latency_ms", terms, target)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_gradients_reach_the_module_masks(tiny_data):
+    net = tiny_net()
+    masks, gates = net.masks_of(net.largest)
+    masks = [m.clone().requires_grad_(True) for m in masks]
+    with net.masked(masks, gates) as masked:
+        masked(tiny_data.train.x[:8]).sum().backward()
+    assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in masks)
+
+
+def test_no_assembled_model_is_over_its_budget(trained, tiny_data):
+    rng = random.Random(1)
+    smallest = trained.build(trained.net.smallest, None)[0]
+    for i in range(20):
+        kind, target = rng.choice(["macs", "latency_ms", "size_kb"]), rng.choice(TARGETS)
+        floor = trained.cost(smallest, Scenario(kind, 1.0, target))
+        full = trained.cost(trained.net.supernet.model, Scenario(kind, 1.0, target))
+        classes = tuple(sorted(rng.sample(range(10), rng.randint(2, 9)))) if i % 2 else None
+        scenario = Scenario(kind, rng.uniform(floor, full), target, classes)
+        made = assemble(trained, scenario, tiny_data.train, 2, 32, torch.device("cpu"))
+        assert made.cost <= scenario.value, (scenario, made)
+        assert trained.cost(made.model, scenario) == pytest.approx(made.cost)
+        assert made.model(tiny_data.val.x[:2]).shape == (2, len(classes) if classes else 10)
+
+
+def test_a_bigger_budget_never_gives_a_smaller_model(trained, tiny_data):
+    for classes in (None, (0, 3, 7)):
+        for kind in ("macs", "latency_ms"):
+            target = TARGETS[1]
+            floor = trained.cost(trained.build(trained.net.smallest, classes)[0], Scenario(kind, 1.0, target))
+            full = trained.cost(trained.net.supernet.model, Scenario(kind, 1.0, target))
+            macs = []
+            for k in range(12):
+                budget = floor + (full - floor) * k / 11
+                made = assemble(trained, Scenario(kind, budget, target, classes), tiny_data.train, 0, 32, torch.device("cpu"))
+                macs.append(count_macs(made.model, SHAPE))
+            assert macs == sorted(macs), (kind, classes, macs)
+            assert macs[-1] > macs[0]
+
+
+def test_a_class_subset_head_keeps_its_classes_logits(trained, tiny_data):
+    choice, x = trained.net.largest, tiny_data.val.x[:8]
+    whole, _ = trained.build(choice, None)
+    part, transforms = trained.build(choice, (7, 1, 4))
+    whole.eval(), part.eval()
+    with torch.no_grad():
+        assert torch.allclose(part(x), whole(x)[:, [7, 1, 4]], atol=1e-6)
+    spec = make_spec("resnet_s", 1, 10, {"widths": [8, 16], "depths": [2, 2]}).then(*transforms).for_classes([7, 1, 4])
+    rebuilt = build_model(spec)
+    rebuilt.load_state_dict(part.state_dict())
+    subset = tiny_data.for_spec(spec).val
+    assert set(subset.y.tolist()) <= {0, 1, 2} and len(subset) == sum(int(y in (7, 1, 4)) for y in tiny_data.val.y)
+
+
+def test_the_prefix_rule_fits_and_is_uniform(trained):
+    scenario = Scenario("macs", 0.4, TARGETS[0])
+    choice = prefix_choice(trained, scenario)
+    assert trained.cost(trained.build(choice, None)[0], scenario) <= 0.4
+    shares = [n / size for n, size in zip(choice.modules, trained.net.sizes) if size > 1]
+    assert max(shares) - min(shares) <= 0.5
+
+
+FACTORY = {"type": "factory", "module_channels": 4, "generator": {"hidden": 16, "epochs": 1},
+           "search": {"population": 4, "generations": 1, "samples": 64}, "bn_recalibration_batches": 2,
+           "scenarios": [{"macs": 0.5}, {"latency_ms": 0.2, "target": "jetson-orin-nano"}, {"macs": 0.3, "classes": [0, 2, 5]}]}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One CLI run: train, slice, factory with three scenarios on two targets."""
+    folder = tmp_path_factory.mktemp("factory")
+    pipeline = tiny_pipeline(model={"arch": "resnet_s", "kwargs": {"widths": [8, 16], "depths": [2, 2]}},
+                             data={**TINY_DATA, "limit": 512},
+                             stages=[{"type": "train", "epochs": 1},
+                                     {"type": "slice", "widths": [0.5, 1.0], "depths": [1, 2], "epochs": 1,
+                                      "bn_recalibration_batches": 2}, FACTORY],
+                             export={"formats": ["onnx"], "variants": "all", "latency_runs": 2, "latency_batch_sizes": [1]})
+    (folder / "p.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    assert main([str(folder / "p.yaml"), "--run-dir", str(folder / "run"), "--quiet", "--target",
+                 "x86-avx512-vnni,jetson-orin-nano"]) == 0
+    return folder / "run"
+
+
+def test_the_stage_assembles_every_scenario_within_budget(run):
+    report = json.loads((run / "report.json").read_text())
+    stage = report["stages"][2]
+    scenarios = stage["metrics"]["scenarios"]
+    assert list(scenarios) == ["macs0.5", "latency0.2ms-jetson-orin-nano", "macs0.3-c0-2-5"]
+    for name, m in scenarios.items():
+        assert m["cost"] <= m["budget"]["value"] and m["assembly_seconds"] < 5, (name, m)
+        assert m["prefix"]["cost"] <= m["budget"]["value"] and m["search"]["cost"] <= m["budget"]["value"]
+    subset, spec, metrics = load_model_dir(run / "stages" / "03-factory" / VARIANTS / "macs0.3-c0-2-5")
+    assert spec.classes == [0, 2, 5] and subset(torch.zeros(1, *SHAPE)).shape == (1, 3)
+    onnx_rows = [a for a in report["artifacts"] if a["variant"] == "macs0.3-c0-2-5" and a["format"] == "onnx"]
+    assert onnx_rows and all(a["status"] == "ok" and a["parity"]["top1_agreement"] == 1.0 for a in onnx_rows)
+    assert all(d["variant"] != "macs0.3-c0-2-5" for d in report["deployments"].values()), "a class-subset model deployed"
+
+
+def test_assemble_command_end_to_end(run, capsys, tmp_path):
+    assert main(["assemble", str(run), "--target", "jetson-orin-nano", "--macs", "0.4", "--classes", "1,3"]) == 0
+    out = capsys.readouterr().out
+    for step in ("load", "generate", "repair", "bn", "export", "validate"):
+        assert out.count(f"\n{step} ") + out.startswith(f"{step} ") == 1, out
+    folder = run / "assembled" / "macs0.4-c1-3-jetson-orin-nano"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["cost"] <= 0.4 and report["deploy"] and (folder / "model.fp32.onnx").is_file()
+    assert report["model"]["classes"] == [1, 3]
+    assert main(["assemble", str(run), "--target", "jetson-orin-nano", "--latency-ms", "1e-6"]) == 2
+    assert "the smallest achievable is" in capsys.readouterr().err
+    assert main(["assemble", str(run), "--target", "jetson-orin-nano", "--macs", "0.4", "--classes", "3,99"]) == 2
+    assert "class 99 is out of range" in capsys.readouterr().err
