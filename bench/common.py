@@ -96,6 +96,16 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def pipeline_data(args: argparse.Namespace, batch_size: int = 128) -> dict:
+    """A pipeline file's `data` entry from the shared options."""
+    data = {"dataset": args.dataset, "batch_size": batch_size}
+    if args.data_root:
+        data["root"] = str(args.data_root.resolve())
+    if args.limit:
+        data["limit"] = args.limit
+    return data
+
+
 class SeedList(argparse.Action):
     """Integers given space- or comma-separated (`--seeds 1 2 3`, `--seeds 1,2,3`)."""
 

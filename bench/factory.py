@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from common import bench_parser, command_line, machine_line, write_section
+from common import bench_parser, command_line, machine_line, pipeline_data, write_section
 from compress.atomic import atomic_write
 from compress.methods.assembly.modules import ModularSupernet
 from compress.methods.budget import target_costs
@@ -73,11 +73,7 @@ def scenarios() -> list[dict]:
 
 
 def pipeline(args, seed: int) -> dict:
-    data = {"dataset": args.dataset, "batch_size": 128}
-    if args.data_root:
-        data["root"] = str(args.data_root.resolve())
-    if args.limit:
-        data["limit"] = args.limit
+    data = pipeline_data(args)
     return {"name": f"factory-{seed}", "seed": seed, "model": ARCH, "data": data,
             "stages": [{"type": "slice", "depths": [1, 2], "round_to": 4, "epochs": args.epochs, "lr": 0.1, "warmup_epochs": 0.3},
                        {"type": "factory", "module_channels": 4, "generator": {"epochs": args.generator_epochs},

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from common import bench_parser, cached_model, command_line, machine_line, write_section
+from common import bench_parser, cached_model, command_line, machine_line, pipeline_data, write_section
 from compress.atomic import atomic_write
 from compress.checkpoint import VARIANTS, load_model_dir
 from compress.config import DataConfig
@@ -56,11 +56,7 @@ def training(args, epochs: int) -> dict:
 
 
 def pipeline(args, seed: int) -> dict:
-    data = {"dataset": args.dataset, "batch_size": 128}
-    if args.data_root:
-        data["root"] = str(args.data_root.resolve())
-    if args.limit:
-        data["limit"] = args.limit
+    data = pipeline_data(args)
     return {"name": f"slice-{seed}", "seed": seed, "model": ARCH, "data": data,
             "stages": [{"type": "slice", "depths": [1, 2], "round_to": 4, **training(args, args.epochs)}],
             "export": {"formats": ["onnx"], "latency_runs": 20}, "targets": TARGETS}

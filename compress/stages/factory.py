@@ -182,20 +182,20 @@ class FactoryStage(Stage):
                                   plan, ctx.seed, ctx.device, ctx.log)
         train_seconds = time.perf_counter() - started
         factory = Factory(net, generator, num_classes)
-        results = [measure_scenario(factory, scenario, cfg, ctx) for scenario in self.scenarios(ctx, num_classes)]
-        names = [entry.label for entry in cfg.scenarios]
-        (first, *others) = [(name, r) for name, r in zip(names, results)]
+        made = {entry.label: measure_scenario(factory, scenario, cfg, ctx)
+                for entry, scenario in zip(cfg.scenarios, self.scenarios(ctx, num_classes))}
+        for entry, result in zip(cfg.scenarios, made.values()):
+            if entry.target:  # exported for its target whatever export.variants says
+                result.metrics["chosen_for"] = [entry.target]
 
         def spec_of(result):
             built = supernet_spec.then(*result.assembly.transforms)
             return built.for_classes(list(result.scenario.classes)) if result.scenario.classes else built
 
-        metrics = {"generator": {"steps": steps, "train_seconds": train_seconds, "history": history, "modules": net.sizes, "blocks": net.depths,
-                                 "module_channels": net.module_channels}, "supernet": source,
-                   "scenarios": {name: r.metrics for name, r in zip(names, results)}, "primary": first[0]}
-        for entry, result in zip(cfg.scenarios, results):
-            if entry.target:
-                result.metrics["chosen_for"] = [entry.target]
-        variants = {name: Variant(r.assembly.model, spec_of(r), r.metrics) for name, r in others}
-        return StageResult(model=first[1].assembly.model, spec=spec_of(first[1]), metrics=metrics, variants=variants,
+        primary, *others = made
+        metrics = {"generator": {"steps": steps, "train_seconds": train_seconds, "history": history, "modules": net.sizes,
+                                 "blocks": net.depths, "module_channels": net.module_channels},
+                   "supernet": source, "scenarios": {name: r.metrics for name, r in made.items()}, "primary": primary}
+        variants = {name: Variant(made[name].assembly.model, spec_of(made[name]), made[name].metrics) for name in others}
+        return StageResult(model=made[primary].assembly.model, spec=spec_of(made[primary]), metrics=metrics, variants=variants,
                            files=factory_files(factory, net.module_channels, cfg.bn_recalibration_batches, source))
