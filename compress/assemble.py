@@ -44,7 +44,6 @@ def assemble_command(run_dir: Path, target_name: str, budget: dict[str, Optional
     from .export.runner import export_and_validate
     from .methods.assembly.assemble import accuracy_of, assemble
     from .methods.assembly.compare import choice_json
-    from .methods.assembly.generator import Scenario
     from .methods.assembly.persist import load_factory
     from .pipeline_file import load_pipeline
     from .targets import resolve
@@ -64,7 +63,7 @@ def assemble_command(run_dir: Path, target_name: str, budget: dict[str, Optional
             raise ConfigError(f"--classes: class {bad[0]} is out of range: the model has {factory.num_classes} classes "
                               f"(0-{factory.num_classes - 1})")
         seconds["load"] = time.perf_counter() - started
-        scenario = Scenario(entry.kind, getattr(entry, entry.kind), target, tuple(entry.classes) if entry.classes else None)
+        scenario = entry.scenario(target)
         assembly = assemble(factory, scenario, data.train, recipe.get("bn_recalibration_batches", 10),
                             cfg.data.batch_size, torch.device("cpu"), cfg.seed)
         seconds.update(assembly.seconds)

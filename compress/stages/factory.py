@@ -48,6 +48,12 @@ class ScenarioConfig(Strict):
     def kind(self) -> str:
         return next(k for k in BUDGET_KEYS if getattr(self, k) is not None)
 
+    def scenario(self, target):
+        """This entry as the assembly's `Scenario` on `target`."""
+        from ..methods.assembly.generator import Scenario
+
+        return Scenario(self.kind, getattr(self, self.kind), target, tuple(self.classes) if self.classes else None)
+
     @property
     def label(self) -> str:
         if self.name:
@@ -121,8 +127,6 @@ class FactoryStage(Stage):
 
     def scenarios(self, ctx, num_classes: int) -> list:
         """The configured scenarios as `Scenario`s on the run's targets; a ConfigError for an unknown target or class."""
-        from ..methods.assembly.generator import Scenario
-
         targets = {t.name: t for t in ctx.targets}
         out = []
         for i, entry in enumerate(self.config.scenarios):
@@ -133,8 +137,7 @@ class FactoryStage(Stage):
             if bad:
                 raise ConfigError(f"{where}.classes: class {bad[0]} is out of range: the data has {num_classes} classes (0-"
                                   f"{num_classes - 1})")
-            target = targets[entry.target] if entry.target else ctx.target
-            out.append(Scenario(entry.kind, getattr(entry, entry.kind), target, tuple(entry.classes) if entry.classes else None))
+            out.append(entry.scenario(targets[entry.target] if entry.target else ctx.target))
         return out
 
     def modular(self, model, ctx, depth: bool = True):

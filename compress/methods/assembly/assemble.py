@@ -137,7 +137,7 @@ def fit_budget(factory: Factory, context: torch.Tensor, fits: Callable[[Choice],
             high = mid
     if low:
         return generator.choice(context, GRID[low - 1]), "budget input"
-    wanted = generator.keep_probabilities(context, GRID[0])
+    wanted = generator.logits(context, GRID[0])  # the greedy repair drops the least wanted module first
     return greedy_repair(generator.choice(context, GRID[0]), fits, lambda c: least_wanted(c, wanted, generator)), "greedy"
 
 
@@ -172,10 +172,14 @@ def greedy_repair(choice: Choice, fits: Callable[[Choice], bool], pick: Callable
     return choice
 
 
+def of_classes(split: Split, classes: Optional[tuple[int, ...]]) -> Split:
+    """`split` cut to the scenario's classes (all of it for None)."""
+    return split.of_classes(list(classes)) if classes else split
+
+
 def calibrate(model: nn.Module, split: Split, classes, batches: int, batch_size: int, device, seed: int) -> None:
     """Recalibrate BatchNorm on `batches` training batches of the scenario's classes."""
-    data = split.of_classes(list(classes)) if classes else split
-    recalibrate_bn(model, BatchLoader(data, batch_size, shuffle=True, seed=seed), batches, device)
+    recalibrate_bn(model, BatchLoader(of_classes(split, classes), batch_size, shuffle=True, seed=seed), batches, device)
 
 
 def prefix_choice(factory: Factory, scenario: Scenario) -> Choice:
@@ -191,10 +195,9 @@ def prefix_choice(factory: Factory, scenario: Scenario) -> Choice:
         while low < high:
             mid = (low + high + 1) // 2
             low, high = (mid, high) if fits(uniform(mid / 64)) else (low, mid - 1)
-        if fits(uniform(low / 64)):
-            cost = factory.cost(factory.build(uniform(low / 64), scenario.classes)[0], scenario)
-            if cost > best_cost:
-                best, best_cost = uniform(low / 64), cost
+        cost = factory.cost(factory.build(uniform(low / 64), scenario.classes)[0], scenario)
+        if best_cost < cost <= scenario.value:
+            best, best_cost = uniform(low / 64), cost
     return best
 
 
@@ -235,5 +238,4 @@ def evolutionary_search(factory: Factory, scenario: Scenario, fitness: Callable[
 
 def accuracy_of(model: nn.Module, split: Split, classes, batch_size: int, device) -> float:
     """Top-1 accuracy on the examples of `classes` (labels by position in `classes`)."""
-    data = split.of_classes(list(classes)) if classes else split
-    return evaluate(model, data, batch_size, device)["accuracy"]
+    return evaluate(model, of_classes(split, classes), batch_size, device)["accuracy"]

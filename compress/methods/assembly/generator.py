@@ -82,17 +82,15 @@ class Generator(nn.Module):
             start += n - 1
         return out[: len(self.sizes)], out[len(self.sizes):]
 
+    @torch.no_grad()
+    def logits(self, context: torch.Tensor, relative_budget: float) -> torch.Tensor:
+        """The keep logits for one scenario at a budget relative to the full supernet's cost."""
+        return self(context, torch.tensor(math.log(max(relative_budget, MIN_BUDGET))))
+
     def choice(self, context: torch.Tensor, relative_budget: float) -> Choice:
         """The hard choice for one scenario: every module whose logit and all earlier ones' are positive."""
-        with torch.no_grad():
-            logits = self(context, torch.tensor(math.log(max(relative_budget, MIN_BUDGET))))
-        modules, blocks = self.split((logits > 0).float())
+        modules, blocks = self.split((self.logits(context, relative_budget) > 0).float())
         return Choice(tuple(int(m.sum()) for m in modules), tuple(int(b.sum()) for b in blocks))
-
-    def keep_probabilities(self, context: torch.Tensor, relative_budget: float) -> torch.Tensor:
-        """Sigmoid of every logit (the greedy repair drops the least wanted module first)."""
-        with torch.no_grad():
-            return torch.sigmoid(self(context, torch.tensor(math.log(max(relative_budget, MIN_BUDGET)))))
 
 
 def relaxed(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

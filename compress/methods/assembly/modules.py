@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
 
 from ...metrics import layer_costs
 from ..slicing.groups import IN, OUT
-from ..slicing.supernet import Layout, Supernet
+from ..slicing.supernet import Layout, Supernet, dim_size, unit_step
 
 if TYPE_CHECKING:
     from ...targets import TargetProfile
@@ -37,8 +36,7 @@ class ModularSupernet:
 
     def __init__(self, supernet: Supernet, module_channels: int, input_shape: tuple[int, ...]):
         self.supernet, self.input_shape, self.module_channels = supernet, input_shape, module_channels
-        self.steps = [module_channels // g.channels if module_channels % g.channels == 0 else 1 for g in supernet.nesting.groups]
-        self.steps = [min(step, len(g)) for step, g in zip(self.steps, supernet.nesting.groups)]
+        self.steps = [min(unit_step(g, module_channels), len(g)) for g in supernet.nesting.groups]  # units per module
         self.sizes = [-(-len(g) // step) for step, g in zip(self.steps, supernet.nesting.groups)]
         self.depths = [len(stage) for stage in supernet.stages]
         self.costs = MaskCosts(self)
@@ -165,7 +163,7 @@ class MaskCosts:
 
 def channel_map(module: nn.Module, dim: int, by_group: dict[int, tuple[list, list]]) -> tuple[torch.Tensor, list]:
     """(1 for every channel no group holds, else 0; per group: its channels and the unit each belongs to)."""
-    const = torch.ones(channel_count(module, dim))
+    const = torch.ones(dim_size(module, dim))
     members = []
     for gi, (channels, owners) in by_group.items():
         index = torch.tensor(channels)
@@ -173,10 +171,3 @@ def channel_map(module: nn.Module, dim: int, by_group: dict[int, tuple[list, lis
         members.append((gi, index, torch.tensor(owners)))
     return const, members
 
-
-def channel_count(module: nn.Module, dim: int) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features if dim == OUT else module.in_features
-    if isinstance(module, _ConvNd):
-        return module.out_channels if dim == OUT else module.in_channels
-    return module.num_features

@@ -42,10 +42,15 @@ class Layout:
     blocks: tuple[int, ...]
 
 
+def unit_step(group: SliceGroup, align: int) -> int:
+    """Units of `group` that make up `align` channels (1 when its units do not divide the alignment)."""
+    return align // group.channels if align % group.channels == 0 else 1
+
+
 def kept_units(group: SliceGroup, width: float, align: int) -> int:
     """Units of `group` a sub-network of `width` keeps: a multiple of the channel alignment where the group is wide
     enough (a group narrower than the alignment stays whole), and at least one step."""
-    step = align // group.channels if align % group.channels == 0 else 1
+    step = unit_step(group, align)
     if len(group) < step:
         return len(group)
     return min(len(group), max(step, int(width * len(group) / step + 0.5) * step))
