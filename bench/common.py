@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +19,8 @@ from compress.checkpoint import load_model_dir, read_spec, save_model_dir
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import DataBundle
-from compress.export.validate import median_latency_ms, ort_session
+from compress.export.runtime import ROUNDS, RuntimeSetting, alternating_rounds
+from compress.export.validate import ort_session
 from compress.metrics import model_metrics
 from compress.models import build_model, make_spec
 from compress.pipeline import seed_everything
@@ -74,16 +77,49 @@ def scaled_reference(data: DataBundle, key: str, value: float) -> dict:
     return {**REFERENCE["kwargs"], "widths": list(best)}
 
 
-def latencies(paths: dict[str, str], data: DataBundle, runs: int, rounds: int) -> dict[str, dict[int, float]]:
-    """Median ONNX Runtime latency (ms) per model and batch size; the models are timed in alternating rounds so that
-    machine noise hits them alike."""
-    sessions = {name: ort_session(Path(path)) for name, path in paths.items()}
-    samples = {name: {b: [] for b in BATCHES} for name in paths}
-    for _ in range(rounds):
-        for batch in BATCHES:
-            for name, session in sessions.items():
-                samples[name][batch].append(median_latency_ms(session, data.val.x[:batch], runs))
-    return {name: {b: statistics.median(v) for b, v in per.items()} for name, per in samples.items()}
+THREADS = tuple(sorted({1, os.cpu_count() or 1}))  # ONNX Runtime intra-op threads every file is timed with
+
+
+@dataclass
+class Timings:
+    """Per file, thread count and batch size, the median wall time (ms) of each alternating round."""
+
+    rounds: dict[str, dict[int, dict[int, list[float]]]]
+
+    def spread(self, name: str, batch: int, threads: int = THREADS[-1]) -> dict[str, float]:
+        """min / median / max over the rounds."""
+        values = self.rounds[name][threads][batch]
+        return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+    def median(self, name: str, batch: int, threads: int = THREADS[-1]) -> float:
+        return self.spread(name, batch, threads)["median"]
+
+    def medians(self, threads: int = THREADS[-1]) -> dict[str, dict[int, float]]:
+        """{file: {batch: median}} at one thread count."""
+        return {name: {b: self.median(name, b, threads) for b in BATCHES} for name in self.rounds}
+
+    def speedup(self, slow: str, fast: str, batch: int, threads: int = THREADS[-1]) -> dict[str, float]:
+        """min / median / max over rounds of slow's time over fast's in the same round."""
+        ratios = [s / f for s, f in zip(self.rounds[slow][threads][batch], self.rounds[fast][threads][batch])]
+        return {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)}
+
+    def cell(self, name: str, batch: int, threads: int = THREADS[-1]) -> str:
+        """'median (min-max)' in ms, for a table."""
+        s = self.spread(name, batch, threads)
+        return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+
+    def speedup_cell(self, slow: str, fast: str, batch: int, threads: int = THREADS[-1]) -> str:
+        r = self.speedup(slow, fast, batch, threads)
+        return f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def latencies(paths: dict[str, str], data: DataBundle, runs: int, rounds: int = ROUNDS) -> Timings:
+    """Time every ONNX file with 1 and with all of this machine's ONNX Runtime threads at each batch size: `rounds`
+    alternating rounds of `runs` calls, the files and settings taking turns so that machine noise hits them alike."""
+    sessions = {(name, t): ort_session(Path(path), RuntimeSetting(t)) for name, path in paths.items() for t in THREADS}
+    times = alternating_rounds(sessions, {b: data.val.x[:b].numpy() for b in BATCHES}, runs, rounds)
+    return Timings({name: {t: {b: [statistics.median(r) for r in times[name, t][b]] for b in BATCHES} for t in THREADS}
+                    for name in paths})
 
 
 def bench_parser(doc: str) -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from common import BATCHES, REFERENCE, command_line, latencies, machine_line, trained_model, write_section
+from common import BATCHES, REFERENCE, THREADS, command_line, latencies, machine_line, trained_model, write_section
 from compress.config import DataConfig, ExportConfig
 from compress.data import load_data
 from compress.export.runner import export_and_validate
@@ -85,20 +85,23 @@ def main(argv=None) -> None:
         f"Reference model {REFERENCE['arch']} {REFERENCE['kwargs']} ({sum(p.numel() for p in model.parameters()):,} params), "
         f"trained {args.epochs} epochs on {args.dataset} ({len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test). "
         "INT8: NNCF post-training quantization, accuracy-controlled (max drop 1 point), calibrated on 300 training images, "
-        "for the `host` target (ONNX Runtime CPU). Latency: ONNX Runtime CPU execution provider, medians.", "",
-        "| artifact | size | max abs logit diff vs torch | top-1 agreement | val acc | test acc | p50 b1 (ms) | p50 b32 (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "for the `host` target (ONNX Runtime CPU). Latency: ONNX Runtime CPU execution provider, median (min-max) over "
+        f"{args.rounds} alternating rounds of each round's p50, with {' and '.join(map(str, THREADS))} intra-op threads.", "",
+        "| artifact | size | max abs logit diff vs torch | top-1 agreement | val acc | test acc | "
+        + " | ".join(f"b{b} ms, {t} thr" for b in BATCHES for t in THREADS) + " |",
+        "|---|---|---|---|---|---|" + "---|" * (len(BATCHES) * len(THREADS)),
     ]
     for a in artifacts:
         lines.append(f"| {a.precision} ONNX | {a.size_bytes / 1e3:.0f} kB | {a.parity['max_abs_diff']:.2e} | "
                      f"{a.parity['top1_agreement']:.2%} | {a.accuracy:.2%} | {test[a.precision]:.2%} | "
-                     f"{timing[a.precision][1]:.3f} | {timing[a.precision][32]:.3f} |")
+                     + " | ".join(timing.cell(a.precision, b, t) for b in BATCHES for t in THREADS) + " |")
     lines += [
         "", f"- fp32 parity: max abs logit difference {fp32.parity['max_abs_diff']:.1e} (goal at most 1e-4).",
         f"- INT8 accuracy drop: {100 * (test['fp32'] - test['int8']):.2f} points on test, "
         f"{100 * int8.accuracy_drop:.2f} on val (goal at most 0.5).",
-        f"- INT8 speed-up over fp32, timed side by side in {args.rounds} alternating rounds: "
-        f"{timing['fp32'][1] / timing['int8'][1]:.2f}x at batch 1, {timing['fp32'][32] / timing['int8'][32]:.2f}x at batch 32.",
+        f"- INT8 speed-up over fp32, timed side by side in {args.rounds} alternating rounds (median, range over rounds): "
+        + "; ".join(f"{t} thread(s): " + ", ".join(f"{timing.speedup_cell('fp32', 'int8', b, t)} at batch {b}" for b in BATCHES)
+                    for t in THREADS) + ".",
         f"- Deployable for `host`: {deploy['format'] if deploy else 'none'}.", "",
         "Cost model (per-layer roofline, `targets/cost.py`) against measured fp32 latency on this machine; "
         "'calibrated' fits compute efficiency, memory efficiency and per-layer overhead on the other variants (leave one out):", "",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import REFERENCE, bench_parser, command_line, latencies, machine_line, scaled_reference, trained_model, write_section
+from common import REFERENCE, ROUNDS, bench_parser, command_line, latencies, machine_line, scaled_reference, trained_model, write_section
 from compress.atomic import atomic_write, to_json
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frequency", type=int, default=50, help="training steps between pruning steps (gradual rows)")
     p.add_argument("--target", default="x86-avx2", help="profile giving the channel alignment")
     p.add_argument("--runs", type=int, default=50, help="timed ONNX Runtime runs per measurement")
-    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds over all models")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="alternating timing rounds over all models")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench-prune"), help="model and row cache")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file whose prune section is replaced")
@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     timed = {"reference": base[0]["onnx"]}
     for factor, rows in channel_rows.items():
         timed.update({f"{factor:g}x {name}": runs[0]["onnx"] for name, runs in rows.items() if "onnx" in runs[0]})
-    latency = latencies(timed, bench.data, args.runs, args.rounds)
+    latency = latencies(timed, bench.data, args.runs, args.rounds).medians()
     print(write_section(args.out, "prune", markdown(args, bench, base, reference, channel_rows, unstructured_rows, latency)))
 
 

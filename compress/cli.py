@@ -54,7 +54,10 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("artifacts", metavar="ARTIFACTS_DIR", help="a run's artifacts folder or a device bundle")
     p.add_argument("--target", metavar="NAME|PATH", required=True, help="target profile of this machine")
     p.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default: 1,32)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per batch size after warm-up (default: 50)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per batch size and setting after warm-up, in "
+                                                         "alternating rounds (default: 50)")
+    p.add_argument("--threads", help="comma-separated ONNX Runtime intra-op thread counts to sweep on a CPU target "
+                                     "(default: 1 to the target's cpu_cores, at most this machine's)")
     p.add_argument("--calibrate", metavar="OUT.yaml", help="also fit the cost model to these measurements and save the calibrated profile")
     add_common(p)
     return p
@@ -118,7 +121,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .targets import resolve
-    from .targets.profiling import (calibrate, check_failures, onnx_layer_costs, parse_batches, profile_artifacts,
+    from .targets.profiling import (calibrate, check_failures, onnx_layer_costs, parse_counts, profile_artifacts,
                                     summary_lines, write_calibrated)
 
     target, folder = resolve(args.target), Path(args.artifacts)
@@ -126,7 +129,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise CompressError(f"--calibrate: {args.calibrate} is a folder; give the file to write, e.g. host-calibrated.yaml")
     if not 1 <= args.runs <= 100_000:
         raise CompressError(f"--runs: expected a positive number (at most 100000), got {args.runs}")
-    profile = profile_artifacts(folder, target, parse_batches(args.batch), args.runs)
+    threads = parse_counts(args.threads, "--threads", 4096, "1,2,4") if args.threads is not None else None
+    profile = profile_artifacts(folder, target, parse_counts(args.batch), args.runs, threads=threads)
     if not args.quiet:
         print("\n".join(summary_lines(profile)))
         print(f"wrote {folder / 'profile.json'}")

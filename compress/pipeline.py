@@ -142,7 +142,7 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
             group: Distributed, started: float, hold: ExitStack) -> Optional[dict]:
     """Stages (resumed or run), export, report; under torchrun every rank trains and only rank 0 writes, holding the
     run folder's lock until `hold` closes."""
-    from .export.runner import export_for_targets
+    from .export.runner import export_for_targets, write_manifest
 
     cfg, stages = pipeline.config, pipeline.stages
     on_main(group, lambda: prepare_run_dir(run_dir, hold, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
@@ -208,6 +208,8 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
     report = build_report(pipeline, targets, run_dir, data, spec, records, artifacts, deployments, test,
                           seconds=time.time() - started, device=str(torch_device))
     write_report(run_dir, report)
+    if (run_dir / "artifacts").is_dir():
+        write_manifest(run_dir / "artifacts", deployments)
     if not quiet:
         print_summary(report)
     missing = [name for name, deploy in deployments.items() if deploy is None]

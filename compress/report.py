@@ -91,6 +91,10 @@ def print_summary(report: dict, out=sys.stdout) -> None:
         where = f" on {name}" if several else ""
         print(f"deploy{where}: {deploy['path']} ({deploy['reason']})" if deploy else
               f"deploy{where}: none (every artifact was rejected or failed)", file=out)
+        runtime = (deploy or {}).get("runtime")
+        if runtime:
+            setting = runtime["setting"]["label"] if runtime.get("setting") else "runtime defaults"
+            print(f"  run it with {setting} ({runtime['source']}: {runtime['reason']})", file=out)
     print(f"report: {report['run_dir']}/report.json", file=out)
 
 

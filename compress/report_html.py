@@ -395,10 +395,22 @@ def deploy_section(report: dict) -> str:
                 f'<p>Every artifact was rejected or failed.</p><ul>{reasons}</ul></section>')
     bundle = (f"<p>Build on the device from <code>{esc(deploy['bundle'])}</code>.</p>" if deploy.get("bundle") else "")
     variant = f" of {esc(deploy['variant'])}" if deploy.get("variant") else ""
+    runtime = runtime_text(deploy)
     return (f'<section class="deploy"><h2>Deploy: <code>{esc(Path(str(deploy.get("path", ""))).name)}</code>{variant} '
             f'<span class="badge ok">{esc(deploy.get("precision", "?"))}</span></h2>'
-            f'<p>{esc(deploy.get("reason", ""))}</p><p class="small">{esc(deploy.get("format", ""))} · '
-            f'<code>{esc(deploy.get("path", ""))}</code></p>{bundle}</section>')
+            f'<p>{esc(deploy.get("reason", ""))}</p>{f"<p>Runtime: {esc(runtime)}</p>" if runtime else ""}'
+            f'<p class="small">{esc(deploy.get("format", ""))} · <code>{esc(deploy.get("path", ""))}</code></p>'
+            f'{bundle}</section>')
+
+
+def runtime_text(deploy: dict) -> str:
+    """The runtime settings a deployment runs with, where they come from and why; empty when not recorded."""
+    runtime = deploy.get("runtime")
+    if not isinstance(runtime, dict):
+        return ""
+    setting = runtime.get("setting")
+    label = setting.get("label", "?") if isinstance(setting, dict) else "the runtime's defaults"
+    return f"{label} ({runtime.get('source', '?')}): {runtime.get('reason', '')}"
 
 
 def matrix_section(matrix: dict) -> str:
@@ -408,12 +420,13 @@ def matrix_section(matrix: dict) -> str:
         if d:
             rows.append([f"<code>{esc(target)}</code>", esc(d.get("variant") or "primary"),
                          f"<code>{esc(Path(str(d.get('path', ''))).name)}</code>", esc(d.get("precision", "–")),
-                         fmt(d.get("accuracy"), pct), fmt(d.get("estimated_latency_ms"), ms), esc(d.get("reason", ""))])
+                         fmt(d.get("accuracy"), pct), fmt(d.get("estimated_latency_ms"), ms), esc(d.get("reason", "")),
+                         esc(runtime_text(d) or "–")])
         else:
             rows.append([f"<code>{esc(target)}</code>", "–", "–", "–", "–", "–",
-                         "<b>nothing deployable: every artifact was rejected or failed</b>"])
+                         "<b>nothing deployable: every artifact was rejected or failed</b>", "–"])
         classes.append("deployed" if d else "")
-    headers = ["target", "model", "artifact", "precision", "val accuracy", "b1 on target", "why"]
+    headers = ["target", "model", "artifact", "precision", "val accuracy", "b1 on target", "why", "runtime"]
     none = " none" if not all(matrix.values()) else ""
     return (f'<section class="deploy{none}"><h2>Deployment matrix</h2>{table(headers, rows, [4, 5], classes)}'
             f'<p class="small">Per target: the most accurate model of the family with an artifact within every budget '
@@ -569,14 +582,19 @@ def profile_section(report: dict) -> str:
     if not isinstance(profile, dict):
         return ""
     rows = []
+    classes = []
     for r in profile.get("results") or []:
-        for batch, t in (r.get("batches") or {}).items():
-            rows.append([f"<code>{esc(r.get('file', '?'))}</code>", esc(r.get("precision") or "–"),
-                         esc(r.get("provider", "–")), esc(batch), fmt(t.get("p50_ms"), ms), fmt(t.get("p90_ms"), ms),
-                         fmt(t.get("p99_ms"), ms), fmt(t.get("throughput_per_s"), lambda v: f"{v:,.0f}/s"),
-                         fmt(r.get("peak_rss_mb"), lambda v: f"{v:.0f} MB")])
-    headers = ["file", "precision", "provider", "batch", "p50", "p90", "p99", "throughput", "peak RSS"]
-    body = table(headers, rows, range(3, 9)) if rows else '<p class="empty">No measurements.</p>'
+        fastest = r.get("fastest") if isinstance(r.get("fastest"), dict) else {}
+        for row in r.get("settings") or [{"label": "–", "batches": r.get("batches")}]:
+            for batch, t in (row.get("batches") or {}).items():
+                rows.append([f"<code>{esc(r.get('file', '?'))}</code>", esc(r.get("precision") or "–"),
+                             esc(r.get("provider", "–")), esc(row.get("label", "?")), esc(batch), fmt(t.get("p50_ms"), ms),
+                             fmt(t.get("p90_ms"), ms), fmt(t.get("p99_ms"), ms),
+                             fmt(t.get("throughput_per_s"), lambda v: f"{v:,.0f}/s"),
+                             fmt(r.get("peak_rss_mb"), lambda v: f"{v:.0f} MB")])
+                classes.append("deployed" if fastest.get(batch) == row.get("label") else "")
+    headers = ["file", "precision", "provider", "setting", "batch", "p50", "p90", "p99", "throughput", "peak RSS"]
+    body = table(headers, rows, range(4, 10), classes) if rows else '<p class="empty">No measurements.</p>'
     machine = profile.get("machine") or {}
     skipped = "".join(f"<li>{esc(s)}</li>" for s in profile.get("skipped") or [])
     failed = "".join(f"<li><code>{esc(f.get('file', '?'))}</code>: <b>{esc(f.get('reason', ''))}</b></li>"

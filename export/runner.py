@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from compress.atomic import atomic_write, to_json
 from compress.config import ExportConfig
 from compress.data import DataBundle
 from compress.errors import ExportError
@@ -19,6 +20,7 @@ from compress.training import predict
 from . import EXPORTERS, Artifact, ExportRequest
 from .onnx import DYNAMO_OPSET, stamp_spec
 from .preflight import check_graph
+from .runtime import runtime_choice
 from .tensorrt import bundle_artifact
 from .validate import validate_artifact
 
@@ -135,8 +137,23 @@ def export_for_targets(families: dict[str, list[tuple[Optional[str], object, Mod
             choices += [(deploy, spec.classes is None)] if deploy else []
         # a model for a class subset does another task: it is exported and validated, but deployed only when no
         # model of the whole task has a deployable artifact
-        deployments[target.name] = choose_across([d for d, whole in choices if whole] or [d for d, _ in choices])
+        deploy = choose_across([d for d, whole in choices if whole] or [d for d, _ in choices])
+        if deploy is not None:
+            deploy["runtime"] = runtime_choice(deploy, target, config.latency_batch_sizes, config.latency_runs)
+        deployments[target.name] = deploy
     return artifacts, deployments
+
+
+def write_manifest(folder: Path, deployments: dict[str, Optional[dict]]) -> None:
+    """`folder/manifest.json`: per target, the file to deploy (relative to `folder`), its checksum, and the runtime
+    settings to run it with; what a deployment script reads instead of the whole report."""
+    def entry(deploy: dict) -> dict:
+        where = {key: Path(deploy[key]).absolute().relative_to(folder.absolute()).as_posix()
+                 for key in ("path", "bundle") if deploy.get(key)}
+        return {**where, **{key: deploy.get(key) for key in ("sha256", "format", "precision", "variant", "runtime")}}
+
+    atomic_write(folder / "manifest.json", to_json({"deployments": {name: entry(d) if d else None
+                                                                    for name, d in deployments.items()}}))
 
 
 def checked_sparsity(model, spec: ModelSpec) -> ModelSpec:
@@ -176,8 +193,8 @@ def choose_deployable(artifacts: list[Artifact], target: TargetProfile) -> Optio
         return None
     rank = {p: i for i, p in enumerate(target.preferred_precisions)}
     best = min(accepted, key=lambda a: (a.estimated_latency_ms or float("inf"), rank.get(a.precision, len(rank))))
-    deploy = {"path": best.path, "format": best.format, "precision": best.precision, "variant": best.variant,
-              "target": target.name, "accuracy": best.accuracy, "estimated_latency_ms": best.estimated_latency_ms,
+    deploy = {"path": best.path, "sha256": best.sha256, "format": best.format, "precision": best.precision,
+              "variant": best.variant, "target": target.name, "accuracy": best.accuracy, "estimated_latency_ms": best.estimated_latency_ms,
               "reason": f"lowest {best.latency_source} batch-1 latency on {target.name} ({best.estimated_latency_ms:.3g} ms) "
                         f"among {len(accepted)} artifact(s) within its budgets"}
     bundle = next((a for a in artifacts if a.status == "bundle" and a.variant == best.variant), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -14,15 +15,22 @@ from compress.errors import ExportError
 
 from . import Artifact
 
+if TYPE_CHECKING:
+    from .runtime import RuntimeSetting
 
-def ort_session(path: Path):
-    """An ONNX Runtime CPU session; a graph the runtime cannot load is an ExportError naming the file."""
+
+def ort_session(path: Path, setting: Optional["RuntimeSetting"] = None, providers: Optional[list[str]] = None):
+    """An ONNX Runtime session (CPU, with the runtime's default threads unless `setting` says otherwise); a graph the
+    runtime cannot load is an ExportError naming the file."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    if setting is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+    else:
+        options = setting.session_options()
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
         raise ExportError(f"{path}: ONNX Runtime cannot load the exported graph: {str(e).splitlines()[0]}") from None
 

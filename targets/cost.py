@@ -6,6 +6,8 @@ at peak bandwidth); each is divided by the profile's efficiency for it, and a fi
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from compress.errors import TargetError
 from compress.metrics import LayerCost
 
@@ -25,9 +27,13 @@ def peak_terms_ms(layers: list[LayerCost], precision: str, profile: TargetProfil
     return 1e3 * compute, 1e3 * memory
 
 
-def estimate_latency_ms(layers: list[LayerCost], precision: str, profile: TargetProfile, batch: int = 1) -> float:
-    """Estimated latency on `profile` in milliseconds."""
+def estimate_latency_ms(layers: list[LayerCost], precision: str, profile: TargetProfile, batch: int = 1,
+                        threads: Optional[int] = None) -> float:
+    """Estimated latency on `profile` in milliseconds; on `threads` of a CPU profile's `cpu_cores` (default all),
+    the compute term grows by cores / threads."""
     compute, memory = peak_terms_ms(layers, precision, profile, batch)
+    if threads is not None and profile.cpu_cores:
+        compute *= profile.cpu_cores / threads
     memory_efficiency = profile.memory_efficiency or profile.efficiency
     return compute / profile.efficiency + memory / memory_efficiency + len(layers) * profile.layer_overhead_us / 1e3
 

@@ -51,7 +51,7 @@ def detect_host() -> TargetProfile:
         device_class="cpu", runtime="onnxruntime", execution_providers=["CPUExecutionProvider"],
         precisions=["fp32", "int8"], preferred_precisions=["int8", "fp32"],
         peak_tops={"fp32": round(fp32, 3), "int8": round(fp32 * int8_gain, 3)},
-        efficiency=0.2, layer_overhead_us=3, memory_bandwidth_gbps=10.0 * cores, memory_gb=round(memory_gb(), 1),
+        efficiency=0.2, layer_overhead_us=3, memory_bandwidth_gbps=10.0 * cores, memory_gb=round(memory_gb(), 1), cpu_cores=cores,
         channel_alignment=lanes, int8_min_out_channels=16 if lanes > 4 else 0,
         int8_min_in_channels=4 if lanes > 4 else 0, max_opset=21,
         budgets={"max_accuracy_drop": 0.01}, host=True,

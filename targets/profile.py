@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, Field, PositiveFloat, model_validator
+from pydantic import AfterValidator, Field, PositiveFloat, PositiveInt, model_validator
 
 from compress.config import MIN_OPSET, Name, Natural, Strict
 from compress.errors import shown
@@ -55,6 +55,9 @@ class TargetProfile(Strict):
     layer_overhead_us: float = Field(0.0, ge=0, le=1e6, description="fixed cost per layer (kernel launch, runtime dispatch)")
     memory_bandwidth_gbps: PositiveFloat = Field(description="peak memory bandwidth, GB/s (the cost model's memory term)")
     memory_gb: PositiveFloat = Field(description="memory of the device")
+    cpu_cores: Optional[PositiveInt] = Field(None, le=4096, description="CPU cores ONNX Runtime may use: `compress profile` "
+                                                                        "sweeps 1 to this many threads, and the deploy "
+                                                                        "choice of a CPU target not measured here sets this many")
     channel_alignment: int = Field(1, ge=1, le=1024, description="channel counts should be a multiple of this")
     int8_min_out_channels: Natural = Field(0, description="INT8 ONNX: convolutions with fewer output channels stay "
                                                           "fp32 (narrow int8 CPU kernels can be slower than fp32)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import platform
 import re
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -21,11 +21,13 @@ import onnx
 import yaml
 
 from compress import __version__
-from compress.atomic import atomic_write, to_json
+from compress.atomic import atomic_write, sha256_file, to_json
 from compress.errors import CompressError, ExportError, RunDirError, TargetError, shown
 from compress.metrics import LayerCost
 from compress.report_html import render_html
 from compress.run_folder import locked_if_marked
+
+from compress.export.runtime import RuntimeSetting, candidate_settings, measured_choice, sweep_cores, sweep_settings
 
 from .cost import peak_terms_ms
 from .profile import TargetProfile
@@ -33,31 +35,23 @@ from .profile import TargetProfile
 PRECISION_FROM_NAME = re.compile(r"\.(fp32|fp16|int8)\.(onnx|engine)$")
 
 
-def percentiles(times_ms: list[float], batch: int) -> dict[str, float]:
-    ordered = sorted(times_ms)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]  # noqa: E731
-    p50 = statistics.median(ordered)
-    return {"p50_ms": p50, "p90_ms": pick(0.9), "p99_ms": pick(0.99), "throughput_per_s": 1e3 * batch / p50}
-
-
-def time_onnx(path: str, providers: list[str], batches: list[int], runs: int, warmup: int) -> dict:
-    """Child-process body: latency percentiles per batch size and the process's peak resident memory."""
-    import onnxruntime as ort
-
-    from compress.export.validate import timed_runs_ms
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=providers)
-    spec = session.get_inputs()[0]
-    result = {"provider": session.get_providers()[0], "batches": {}}
-    rng = np.random.default_rng(0)
-    for batch in batches:
-        shape = [batch if not isinstance(d, int) else d for d in spec.shape]
-        feed = {spec.name: rng.standard_normal(shape).astype(np.float32)}
-        result["batches"][str(batch)] = percentiles(timed_runs_ms(session, feed, runs, warmup), batch)
+def time_onnx(path: str, providers: list[str], batches: list[int], runs: int, warmup: int,
+              settings: list[Optional[RuntimeSetting]]) -> dict:
+    """Child-process body: latency percentiles per runtime setting and batch size (`sweep_settings`), the fastest
+    setting's under `batches`, and the process's peak resident memory."""
+    result = sweep_settings(path, providers, settings, batches, runs, warmup)
+    rows = {row["label"]: row for row in result["settings"]}
+    result["batches"] = {b: {**rows[label]["batches"][b], "setting": label} for b, label in result["fastest"].items()}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def settings_for(target: TargetProfile, threads: Optional[list[int]] = None) -> list[Optional[RuntimeSetting]]:
+    """The runtime settings to measure on this machine for `target`: a thread sweep on a CPU target, the runtime's
+    defaults (None) where a GPU runs the graph."""
+    if target.device_class != "cpu":
+        return [None]
+    return candidate_settings(sweep_cores(target.cpu_cores), threads)
 
 
 def available_providers(target: TargetProfile) -> list[str]:
@@ -126,10 +120,10 @@ def send_result(sender, function: Callable[..., dict], args: tuple) -> None:
 
 
 def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], runs: int = 50, warmup: int = 10,
-                      measure: Callable[..., dict] = time_onnx) -> dict:
-    """Measure every .onnx file (with `measure`, in a process of its own) and every .engine where trtexec exists in
-    `folder`; write profile.json there. A file that fails is recorded under `failed` and the others are still
-    measured (see `check_failures`)."""
+                      measure: Callable[..., dict] = time_onnx, threads: Optional[list[int]] = None) -> dict:
+    """Measure every .onnx file (with `measure`, in a process of its own, under each runtime setting of
+    `settings_for(target, threads)`) and every .engine where trtexec exists in `folder`; write profile.json there.
+    A file that fails is recorded under `failed` and the others are still measured (see `check_failures`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CompressError(f"{folder}: not a folder of artifacts")
@@ -138,7 +132,7 @@ def profile_artifacts(folder: Path, target: TargetProfile, batches: list[int], r
         raise CompressError(f"{folder}: no .onnx or .engine files to profile")
     run = run_of(folder)
     with locked_if_marked(run) if run else nullcontext():  # no pipeline run rewrites the files meanwhile
-        profile = measure_files(folder, files, target, batches, runs, warmup, measure)
+        profile = measure_files(folder, files, target, batches, runs, warmup, measure, settings_for(target, threads))
         atomic_write(folder / "profile.json", to_json(profile))
         if run is not None:
             merge_into_report(run, profile, folder / "profile.json")
@@ -152,7 +146,7 @@ def run_of(folder: Path) -> Optional[Path]:
 
 
 def measure_files(folder: Path, files: list[Path], target: TargetProfile, batches: list[int], runs: int, warmup: int,
-                  measure: Callable[..., dict]) -> dict:
+                  measure: Callable[..., dict], settings: list[Optional[RuntimeSetting]]) -> dict:
     """The profile.json record of `files`: measurements, skipped files and failed ones."""
     providers, trtexec = available_providers(target), shutil.which("trtexec")
     results, skipped, failed = [], [], []
@@ -168,7 +162,7 @@ def measure_files(folder: Path, files: list[Path], target: TargetProfile, batche
             timing = time_engine(trtexec, path, shape, batches, runs)
         else:
             try:
-                timing = isolated(measure, str(path), providers, batches, runs, warmup)
+                timing = isolated(measure, str(path), providers, batches, runs, warmup, settings)
             except ExportError as e:
                 failed.append({"file": path.name, "reason": f"ONNX Runtime cannot load or run it ({e})"})
                 continue
@@ -176,7 +170,8 @@ def measure_files(folder: Path, files: list[Path], target: TargetProfile, batche
         results.append({"file": path.name, "precision": match.group(1) if match else None, **timing})
     return {"target": target.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "compress_version": __version__,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-            "runs": runs, "warmup": warmup, "results": results, "skipped": skipped, "failed": failed}
+            "cpu_cores": os.cpu_count(), "runs": runs, "warmup": warmup, "results": results, "skipped": skipped,
+            "failed": failed}
 
 
 def check_failures(profile: dict, folder: Path) -> None:
@@ -204,8 +199,42 @@ def merge_into_report(run: Path, profile: dict, saved: Path) -> None:
                               f"measurements were not added to it; they are in {saved}. Rerun the "
                               f"pipeline to rewrite the report.")
         report["profile"] = profile
+        changed = measured_deployments(report, profile, saved.parent)
         atomic_write(report_path, to_json(report))
+        if changed:
+            update_manifest(run / "artifacts" / "manifest.json", {name: report["deployments"][name]["runtime"] for name in changed})
         atomic_write(run / "report.html", render_html(report).encode())
+
+
+def measured_deployments(report: dict, profile: dict, folder: Path) -> list[str]:
+    """Give each of the report's deployments on the profiled target whose file was swept here the runtime setting
+    measured for it (replacing an estimate); the names of the targets it changed."""
+    swept = {sha256_file(folder / r["file"]): r for r in profile["results"] if r.get("settings")}
+    changed = []
+    for name, deploy in (report.get("deployments") or {}).items():
+        result = swept.get(deploy.get("sha256")) if isinstance(deploy, dict) else None
+        if name != profile["target"] or result is None or (deploy.get("runtime") or {}).get("source") == "not applicable":
+            continue
+        deploy["runtime"] = measured_choice(result, f"by `compress profile` on {profile['created']}")
+        if isinstance(report.get("deploy"), dict) and report["deploy"].get("target") == name:
+            report["deploy"] = deploy
+        changed.append(name)
+    return changed
+
+
+def update_manifest(path: Path, runtimes: dict[str, dict]) -> None:
+    """Replace the runtime settings of the named targets' deployments in the run's manifest.json (when it has them)."""
+    try:
+        manifest = json.loads(path.read_text())
+        entries = {name: manifest["deployments"][name] for name in runtimes}
+    except FileNotFoundError:
+        return  # a run from before manifests: the report holds the settings
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise RunDirError(f"{path}: corrupt ({type(e).__name__}: {e}), so the measured runtime settings were not added to "
+                          f"it; they are in the report.json beside it. Rerun the pipeline to rewrite it.") from None
+    for name, entry in entries.items():
+        entry["runtime"] = runtimes[name]
+    atomic_write(path, to_json(manifest))
 
 
 def onnx_input_shape(path: Path) -> list[int]:
@@ -270,22 +299,27 @@ def write_calibrated(profile: TargetProfile, path: Path, measured: dict) -> None
     atomic_write(path, ("\n".join(header) + "\n" + yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)).encode())
 
 
-def parse_batches(text: str) -> list[int]:
-    """`--batch 1,8,32` as a list of batch sizes from 1 to 65536."""
+def parse_counts(text: str, option: str = "--batch", most: int = 65536, example: str = "1,8,32") -> list[int]:
+    """`--batch 1,8,32` (or another option's comma-separated counts) as a list of integers from 1 to `most`."""
     try:
-        batches = [int(b) for b in text.split(",") if b.strip()]
+        counts = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
-        batches = []
-    if not batches or min(batches) < 1 or max(batches) > 65536:
-        raise CompressError(f"--batch: expected comma-separated positive integers up to 65536 such as 1,8,32, got {shown(text)}")
-    return batches
+        counts = []
+    if not counts or min(counts) < 1 or max(counts) > most:
+        raise CompressError(f"{option}: expected comma-separated positive integers up to {most} such as {example}, got {shown(text)}")
+    return counts
 
 
 def summary_lines(profile: dict) -> list[str]:
+    """A line per file (the fastest setting per batch size) and, below it, a line per runtime setting swept."""
     lines = []
     for r in profile["results"]:
-        cells = [f"b{b}: p50 {s['p50_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms, {s['throughput_per_s']:.0f}/s" for b, s in r["batches"].items()]
+        cells = [f"b{b}: p50 {s['p50_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms, {s['throughput_per_s']:.0f}/s"
+                 + (f" ({s['setting']})" if "setting" in s else "") for b, s in r["batches"].items()]
         memory = f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
         lines.append(f"{r['file']} [{r['provider']}] " + "; ".join(cells) + memory)
+        lines += [f"  {row['label']:<32} " + "; ".join(f"b{b}: p50 {s['p50_ms']:.3f} p90 {s['p90_ms']:.3f} p99 {s['p99_ms']:.3f} ms"
+                                                      for b, s in row["batches"].items())
+                  for row in r.get("settings", []) if len(r["settings"]) > 1]
     return lines + [f"skipped {s}" for s in profile["skipped"]] + [f"failed {f['file']}: {f['reason']}" for f in profile["failed"]]
 

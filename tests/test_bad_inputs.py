@@ -311,6 +311,10 @@ CATALOGUE = [
      ["report.json: corrupt", "profile.json"]),
     ("profile/bad-batch", lambda s: s.profile("--batch", "1,x"), 2, ["--batch: expected comma-separated positive integers"]),
     ("profile/bad-runs", lambda s: s.profile("--runs", "0"), 2, ["--runs: expected a positive number (at most 100000), got 0"]),
+    ("profile/bad-threads", lambda s: s.profile("--threads", "2,0"), 2,
+     ["--threads: expected comma-separated positive integers up to 4096 such as 1,2,4, got '2,0'"]),
+    ("target/zero-cpu-cores", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(cpu_cores=0))), 2,
+     ["mine.yaml: invalid target profile", "cpu_cores: Input should be greater than 0"]),
     ("profile/no-target", lambda s: ["profile", str(s.folder)], 2, ["the following arguments are required: --target"]),
     # hostile and careless input, by class ([hardening]): names that become paths or script text
     ("security/target-name-traversal", lambda s: s.run("--target", s.path("mine.yaml", profile_yaml(

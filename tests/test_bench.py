@@ -1,4 +1,5 @@
 """The headline benchmark runs end to end on a slice of the bundled data, so `bench/e2e.py` cannot rot."""
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -21,5 +22,8 @@ def test_e2e_benchmark_writes_its_table_and_plot(tmp_path):
     assert [name for name in table if not name.startswith("ours: deployable")] == ROWS[:-1]
     assert table[-1].startswith("ours: deployable") and "<!-- bench:e2e:start -->" in text and "- batch 32:" in text
     assert "  - vs small dense + INT8:" in text and "type: meal" in text and "- stage: train" in text
+    header = next(line for line in text.splitlines() if line.startswith("| row"))
+    assert "b32 ms, 1 thr" in header and f"b32 ms, {os.cpu_count()} thr" in header or os.cpu_count() == 1
+    assert "Runtime setting the pipeline recorded for its deployable file on x86-avx512-vnni: 8 threads (estimated" in text
     svg = ET.parse(plot).getroot()
     assert svg.tag == "{http://www.w3.org/2000/svg}svg" and len(svg.findall(".//{http://www.w3.org/2000/svg}circle")) == len(ROWS)

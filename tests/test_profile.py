@@ -9,6 +9,7 @@ import torch
 from compress.cli import main
 from compress.config import ExportConfig
 from compress.export.runner import export_and_validate
+from compress.export.runtime import candidate_settings
 from compress.models import build_model, make_spec
 from compress.targets import resolve
 from compress.targets.profiling import onnx_layer_costs
@@ -32,11 +33,15 @@ def test_profile_writes_percentiles_memory_and_merges_into_report(artifacts, cap
     assert "model.fp32.onnx [CPUExecutionProvider]" in capsys.readouterr().out
     profile = json.loads((artifacts / "profile.json").read_text())
     assert profile["target"] == "host" and [r["file"] for r in profile["results"]] == ["model.fp32.onnx", "model.int8.onnx"]
+    labels = [s.label for s in candidate_settings(os.cpu_count())]
     for result in profile["results"]:
         assert result["provider"] == "CPUExecutionProvider" and result["peak_rss_mb"] > 10
+        assert [row["label"] for row in result["settings"]] == labels  # a row per thread setting
         for batch in ("1", "4"):
             s = result["batches"][batch]
             assert 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] and s["throughput_per_s"] == pytest.approx(1e3 * int(batch) / s["p50_ms"])
+            assert s["setting"] == result["fastest"][batch]
+            assert s["p50_ms"] == min(row["batches"][batch]["p50_ms"] for row in result["settings"])
     assert json.loads((artifacts.parent / "report.json").read_text())["profile"] == profile
 
 
@@ -82,6 +87,7 @@ def test_engines_are_timed_with_trtexec(artifacts, tmp_path, monkeypatch):
     (["--batch", "1,x"], "--batch: expected comma-separated positive integers"),
     (["--batch", "0"], "--batch: expected comma-separated positive integers"),
     (["--runs", "0"], "--runs: expected a positive number"),
+    (["--threads", "0"], "--threads: expected comma-separated positive integers up to 4096"),
 ])
 def test_bad_arguments(artifacts, capsys, args, words):
     assert main(["profile", str(artifacts), "--target", "host", *args]) == 2

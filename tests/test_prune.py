@@ -254,6 +254,15 @@ def test_channel_counts_round_to_the_target_alignment(ctx):
             assert m.out_channels % 8 == 0 and m.in_channels % 8 == 0
 
 
+def test_round_to_min_lets_layers_at_or_below_the_alignment_shrink(ctx):
+    keys = {"method": "channel", "final_sparsity": 0.5, "round_to": 16, "schedule": {"kind": "one_shot"}}
+    with pytest.raises(ConfigError, match="changes no layer"):  # cnn_s [8, 16]: both layers at or below 16 channels
+        prune(ctx, CNN, **keys)
+    lowered, result = prune(ctx, CNN, **keys, round_to_min=4)
+    assert [lowered.get_submodule(n).out_channels for n in ("0.0", "2.0")] == [4, 8] and result.metrics["round_to_min"] == 4
+    assert result.metrics["narrower_than_alignment"] == ["0.0"]
+
+
 @pytest.mark.parametrize("importance", ["l1", "bn_scale", "taylor"])
 def test_channel_pruning_of_a_user_model_with_branches(ctx, tmp_path, importance):
     spec = make_spec("python:test_prune:branchy", 1, 10)
@@ -386,7 +395,9 @@ BAD_FOR_MODEL = [
     (CNN, {"include": ["5"], "exclude": ["5"]}, ["include/exclude leave no conv or linear layer to prune"]),
     (CNN, {"schedule": {"start_step": 2, "end_step": 1000}}, ["schedule ends at step 1000, after training ends (step 8)"]),
     (CNN, {"method": "nm", "include": ["0.0"], "exclude": []}, ["no layer in scope can hold the 2:4 pattern"]),
-    (CNN, {"method": "channel", "target_macs": 0.01}, ["target_macs 0.01 cannot be reached", "alignment to 8 channels"]),
+    (CNN, {"method": "channel", "target_macs": 0.01}, ["target_macs 0.01 cannot be reached", "(at the alignment of 8 channels, 8 -> 8 channels",
+                                                       "of the MACs", "set round_to_min"]),
+    (CNN, {"method": "channel", "round_to": 4, "round_to_min": 4}, ["round_to_min: 4 must be below the alignment it lowers, 4 (round_to)"]),
     (CNN, {"method": "channel", "target_latency_ms": 1e-6}, ["target_latency_ms 1e-06 cannot be reached"]),
     (RESNET, {"method": "channel", "drop_blocks": ["blocks.1"]},
      ["drop_blocks: 'blocks.1' cannot be dropped", "the droppable ones are: blocks.0, blocks.0.conv1, blocks.0.conv1.0"]),

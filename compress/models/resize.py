@@ -27,6 +27,11 @@ def shape_attrs(model: nn.Module) -> dict[str, dict[str, int]]:
     return {name: {a: getattr(m, a) for a in attrs_of(m)} for name, m in model.named_modules() if attrs_of(m)}
 
 
+def out_width(attrs: dict[str, int]) -> int:
+    """A layer's output width from its `shape_attrs` record (channels or features)."""
+    return attrs.get("out_channels", attrs.get("out_features", attrs.get("num_features", attrs.get("num_channels", 0))))
+
+
 def resize_changes(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """The entries of `after` (from `shape_attrs`) that differ from `before`."""
     return {name: attrs for name, attrs in after.items() if before.get(name) != attrs}

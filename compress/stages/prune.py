@@ -13,6 +13,7 @@ from ..methods.pruning.schedule import ScheduleConfig
 from .base import Stage, StageConfig, StageResult, register_stage
 
 METHOD_KEYS = {"target_macs": "channel", "target_latency_ms": "channel", "importance": "channel", "round_to": "channel",
+               "round_to_min": "channel",
                "drop_blocks": "channel", "global_ranking": "magnitude", "pattern": "nm"}  # keys that apply to one method only
 
 
@@ -36,6 +37,9 @@ class PruneConfig(StageConfig, TrainConfig):
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field("l2", description="channel: how channels are ranked")
     round_to: Optional[Count] = Field(None, description="channel: channel counts become multiples of this; default: "
                                                               "the target's channel_alignment")
+    round_to_min: Optional[Count] = Field(None, description="channel: layers at or below round_to channels (a bottleneck "
+                                                            "already narrower than the alignment) round to this instead, "
+                                                            "so they can still shrink; must be below round_to")
     drop_blocks: Optional[Union[Count, list[str]]] = Field(
         None, description="channel: also remove whole blocks (depth) on the same schedule: module names, or a count to take "
                           "the costliest on the target (by MACs without one); a block must return its input's shape, as a "
@@ -145,10 +149,17 @@ class PruneStage(Stage):
             cfg.schedule.steps(total)
             if cfg.drop_blocks:
                 blocks_to_drop(model, ctx.data.input_shape, cfg.drop_blocks, ctx.target)
+            if cfg.round_to_min is not None and cfg.round_to_min >= self.round_to(ctx):
+                raise ConfigError(f"round_to_min: {cfg.round_to_min} must be below the alignment it lowers, {self.round_to(ctx)} "
+                                  f"({'round_to' if cfg.round_to else f'target {ctx.target.name} channel_alignment'})")
             self.goal(model, ctx)
         except ConfigError as e:
             raise ConfigError(f"stage {ctx.stage_name!r}: {e}") from None
         return Plan(layers, scope, total)
+
+    def round_to(self, ctx) -> int:
+        """The channel alignment: `round_to`, or the target's."""
+        return self.config.round_to or (ctx.target.channel_alignment if ctx.target else 1)
 
     def goal(self, model, ctx):
         """The MACs or latency goal of the channel search, or None for a plain channel ratio."""
@@ -198,22 +209,32 @@ class PruneStage(Stage):
         cfg, shape = self.config, ctx.data.input_shape
         example = torch.zeros(1, *shape, device=ctx.device)
         ignored = [n for n in plan.layers if n not in plan.scope]
-        round_to = cfg.round_to or (ctx.target.channel_alignment if ctx.target else 1)
+        round_to = self.round_to(ctx)
         before, base_macs = shape_attrs(model), count_macs(model, shape)
         dropped = blocks_to_drop(model, shape, cfg.drop_blocks, ctx.target) if cfg.drop_blocks else []
         goal = self.goal(model, ctx)
-        ratio, pruned = shapes_for(model, example, ignored, dropped, round_to, goal, cfg.sparsity)
+        ratio, pruned = shapes_for(model, example, ignored, dropped, round_to, goal, cfg.sparsity, cfg.round_to_min)
         if goal is not None and cfg.schedule.initial_sparsity > ratio:
             raise ConfigError(f"schedule.initial_sparsity {cfg.schedule.initial_sparsity} is above the channel ratio "
                               f"{ratio:.3f} that {goal.key} {goal.value:g} needs")
         check_rebuilds(pruned, spec.then(Resize(modules=resize_changes(before, shape_attrs(pruned))), Drop(modules=dropped)))
-        applied = schedule_channels(trainer, model, example, ignored, dropped, ratio, cfg.schedule, cfg.importance, round_to)
+        applied = schedule_channels(trainer, model, example, ignored, dropped, ratio, cfg.schedule, cfg.importance, round_to,
+                                    cfg.round_to_min)
         history = trainer.fit()
         after = shape_attrs(model)
         metrics = {"method": "channel", "scope": plan.scope, "schedule": applied, "channel_ratio": ratio, "round_to": round_to,
+                   "round_to_min": cfg.round_to_min, "narrower_than_alignment": narrower_than(before, plan.scope, round_to),
                    "dropped_blocks": dropped, "macs_ratio": count_macs(model, shape) / base_macs,
                    "layer_sparsity": channel_sparsity(before, after, list(plan.layers)), "history": history}
         if goal is not None:
             metrics["goal"] = {"key": goal.key, "value": goal.value, "reached": goal.measure(model)}
         return StageResult(model=model, spec=spec.then(Resize(modules=resize_changes(before, after)), Drop(modules=dropped)),
                            metrics=metrics)
+
+
+def narrower_than(shapes: dict[str, dict[str, int]], scope: list[str], round_to: int) -> list[str]:
+    """The layers in scope whose output is already narrower than the alignment (from `shape_attrs`): they cannot
+    shrink unless round_to_min lowers it for them."""
+    from ..models.resize import out_width
+
+    return [n for n in scope if n in shapes and out_width(shapes[n]) < round_to]

@@ -11,8 +11,9 @@ from torch import nn
 
 from ...data import Batch
 from ...errors import ConfigError
+from ...metrics import layer_costs
 from ...models import ModelSpec, build_model
-from ...models.resize import remove_modules, shape_attrs
+from ...models.resize import out_width, remove_modules, shape_attrs
 from ...training import Callback, Trainer, evaluating
 from ..budget import MAX_RATIO, Goal, smallest_ratio
 from .blocks import BlockDropping, nested
@@ -27,22 +28,31 @@ IMPORTANCE = {
 
 
 class AlignedPruner(tp.pruner.BasePruner):
-    """torch-pruning's pruner, with channel counts rounded to the nearest multiple of `round_to` (at least one)."""
+    """torch-pruning's pruner, with channel counts rounded to the nearest multiple of `round_to` (at least one); a
+    channel group at or below `round_to` channels rounds to `round_to_min` instead, so a layer already narrower than
+    the alignment can still shrink."""
+
+    def __init__(self, *args, round_to_min: Optional[int] = None, **kwargs):
+        self.round_to_min = round_to_min
+        super().__init__(*args, **kwargs)
 
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        if self.round_to_min and current_channels <= round_to:
+            round_to = self.round_to_min
         keep = current_channels - n_pruned
         return max(current_channels - max(round_to, round_to * int(keep / round_to + 0.5)), 0)
 
 
 def make_pruner(model: nn.Module, example: torch.Tensor, ignored: list[str], ratios: list[float], importance: str = "l2",
-                round_to: int = 1) -> AlignedPruner:
+                round_to: int = 1, round_to_min: Optional[int] = None) -> AlignedPruner:
     """A per-layer pruner whose i-th `step()` cuts each channel group to 1 - ratios[i] of its initial width; groups
     holding a layer named in `ignored` keep their channels."""
     was_training = model.training
     try:
         return AlignedPruner(model, example, IMPORTANCE[importance](), pruning_ratio=ratios[-1], iterative_steps=len(ratios),
                              iterative_pruning_ratio_scheduler=lambda ratio, steps: [0.0, *ratios],
-                             ignored_layers=[model.get_submodule(name) for name in ignored], round_to=round_to)
+                             ignored_layers=[model.get_submodule(name) for name in ignored], round_to=round_to,
+                             round_to_min=round_to_min)
     except Exception as e:
         check_runs(model, example, "torch-pruning cannot trace the model")
         raise ConfigError(f"torch-pruning cannot trace the model: {type(e).__name__}: {e}; exclude the layers around the "
@@ -74,40 +84,74 @@ def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
             h.remove()
 
 
-def trial(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: float, round_to: int) -> nn.Module:
+def trial(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: float, round_to: int,
+          round_to_min: Optional[int] = None) -> nn.Module:
     """A copy of `model` pruned to `ratio` in one step, checked to run. Per-layer channel counts do not depend on the
     importance criterion, so this predicts the shapes a gradual schedule ending at `ratio` gives."""
     pruned = copy.deepcopy(model)
     if ratio > 0:
-        make_pruner(pruned, example, ignored, [ratio], "l1", round_to).step()
+        make_pruner(pruned, example, ignored, [ratio], "l1", round_to, round_to_min).step()
         check_runs(pruned, example, "the model fails after channel pruning")
     return pruned
 
 
 def shapes_for(model: nn.Module, example: torch.Tensor, ignored: list[str], dropped: list[str], round_to: int,
-               goal: Optional[Goal], ratio: Optional[float]) -> tuple[float, nn.Module]:
+               goal: Optional[Goal], ratio: Optional[float], round_to_min: Optional[int] = None) -> tuple[float, nn.Module]:
     """The channel ratio, and a pruned copy with the shapes it gives, for `model` without the `dropped` blocks: the
     smallest ratio that meets `goal`, or the given `ratio`. A goal no ratio meets, or a ratio that changes nothing, is
-    a ConfigError naming the floor."""
+    a ConfigError naming the layers that set the floor."""
     shallow = remove_modules(copy.deepcopy(model), dropped)
     kept = [n for n in ignored if not any(nested(n, d) for d in dropped)]
-    shrink = lambda r: trial(shallow, example, kept, r, round_to)  # noqa: E731
+    shrink = lambda r: trial(shallow, example, kept, r, round_to, round_to_min)  # noqa: E731
     if goal is None:
         pruned = shrink(ratio)
     else:
         ratio, pruned = smallest_ratio(shrink, goal)
         if not goal.met(pruned):
             raise ConfigError(f"{goal.key} {goal.value:g} cannot be reached: removing {MAX_RATIO:.0%} of each layer's "
-                              f"channels still gives {goal.measure(pruned):.4g}; the excluded layers and alignment to "
-                              f"{round_to} channels set the floor")
+                              f"channels still gives {goal.measure(pruned):.4g}. "
+                              + floor_report(shallow, pruned, kept, round_to, round_to_min, tuple(example.shape[1:])))
     if ratio > 0 and not dropped and shape_attrs(pruned) == shape_attrs(model):
         raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
                           f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
     return ratio, pruned
 
 
+def floor_report(model: nn.Module, pruned: nn.Module, ignored: list[str], round_to: int, round_to_min: Optional[int],
+                 input_shape: tuple[int, ...]) -> str:
+    """Which layers of `pruned` (the most-pruned copy of `model`) kept half or more of their output channels, why, and
+    their share of its MACs; what would lift the floor."""
+    before, after = shape_attrs(model), shape_attrs(pruned)
+    macs = {c.name: c.macs for c in layer_costs(pruned, input_shape)}
+    total = sum(macs.values()) or 1
+    stuck = sorted((n for n in after if n in macs and out_width(after[n]) >= out_width(before[n]) / 2), key=lambda n: -macs[n])
+    if not stuck:
+        return (f"Every layer is down to its alignment ({round_to} channels{f', {round_to_min} at or below it' if round_to_min else ''}); "
+                f"lower round_to or set round_to_min, or remove blocks (drop_blocks)")
+
+    def why(name: str) -> str:
+        channels, module = out_width(after[name]), pruned.get_submodule(name)
+        floor = round_to_min if round_to_min and channels <= round_to else round_to
+        if name in ignored:
+            return "excluded"
+        if channels <= floor:
+            return f"at the alignment of {floor} channels"
+        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
+            return f"grouped convolution, {module.groups} groups"
+        return "coupled to a layer that keeps its channels"
+
+    shown = ", ".join(f"{n} ({why(n)}, {out_width(before[n])} -> {out_width(after[n])} channels, {macs[n] / total:.0%} of the MACs)"
+                      for n in stuck[:5])
+    share = sum(macs[n] for n in stuck) / total
+    return (f"Layers that keep half or more of their channels hold {share:.0%} of what remains: {shown}"
+            f"{f' and {len(stuck) - 5} more' if len(stuck) > 5 else ''}. To lift the floor: lower round_to or set "
+            f"round_to_min for layers at the alignment, take layers out of exclude, remove blocks (drop_blocks), or use "
+            f"method magnitude or nm")
+
+
 def schedule_channels(trainer: Trainer, model: nn.Module, example: torch.Tensor, ignored: list[str], dropped: list[str],
-                      ratio: float, schedule: ScheduleConfig, importance: str, round_to: int) -> list[list]:
+                      ratio: float, schedule: ScheduleConfig, importance: str, round_to: int,
+                      round_to_min: Optional[int] = None) -> list[list]:
     """Put the pruning on `trainer`: `dropped` blocks fade into the identity and channels shrink to `ratio`, both on
     `schedule`. Returns the list the channel pruner fills with [step, ratio] as it applies them."""
     total = trainer.total_steps
@@ -117,15 +161,15 @@ def schedule_channels(trainer: Trainer, model: nn.Module, example: torch.Tensor,
     events = schedule.events(ratio, total)
     if not events:
         return []
-    callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], importance, round_to), events)
+    callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], importance, round_to, round_to_min),
+                              events)
     trainer.callbacks.append(callback)
     return callback.applied
 
 
 def channel_sparsity(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], layers: list[str]) -> dict[str, float]:
     """Share of each layer's output channels removed (1.0 for a layer that is gone), from `shape_attrs` records."""
-    width = lambda attrs: attrs.get("out_channels", attrs.get("out_features"))  # noqa: E731
-    return {n: 1 - width(after[n]) / width(before[n]) if n in after else 1.0 for n in layers}
+    return {n: 1 - out_width(after[n]) / out_width(before[n]) if n in after else 1.0 for n in layers}
 
 
 def check_rebuilds(pruned: nn.Module, spec: ModelSpec) -> None:
