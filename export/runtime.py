@@ -69,6 +69,14 @@ def sweep_cores(target_cores: Optional[int]) -> int:
     return min(target_cores or here, here)
 
 
+def settings_for(target: "TargetProfile", threads: Optional[list[int]] = None) -> list[Optional[RuntimeSetting]]:
+    """The runtime settings to measure on this machine for `target`: a thread sweep on a CPU target, the runtime's
+    defaults (None) where a GPU runs the graph."""
+    if target.device_class != "cpu":
+        return [None]
+    return candidate_settings(sweep_cores(target.cpu_cores), threads)
+
+
 def alternating_rounds(sessions: dict[Hashable, object], examples: dict[int, np.ndarray], runs: int,
                        rounds: int = ROUNDS, warmup: int = 3) -> dict[Hashable, dict[int, list[list[float]]]]:
     """Wall times (ms) of `runs` calls per round of every session at every batch size (`examples`: batch -> input),
@@ -162,6 +170,5 @@ def runtime_choice(deploy: dict, target: "TargetProfile", batches: list[int], ru
     timed calls per setting and batch size), estimated otherwise."""
     if not target.host:
         return estimated_choice(Path(deploy["path"]), deploy["precision"], target)
-    settings = candidate_settings(sweep_cores(target.cpu_cores))
-    sweep = sweep_settings(deploy["path"], ["CPUExecutionProvider"], settings, batches, runs, warmup=3)
+    sweep = sweep_settings(deploy["path"], ["CPUExecutionProvider"], settings_for(target), batches, runs, warmup=3)
     return measured_choice(sweep, "on this machine")

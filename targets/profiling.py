@@ -25,9 +25,8 @@ from compress.atomic import atomic_write, sha256_file, to_json
 from compress.errors import CompressError, ExportError, RunDirError, TargetError, shown
 from compress.metrics import LayerCost
 from compress.report_html import render_html
+from compress.export.runtime import RuntimeSetting, measured_choice, settings_for, sweep_settings
 from compress.run_folder import locked_if_marked
-
-from compress.export.runtime import RuntimeSetting, candidate_settings, measured_choice, sweep_cores, sweep_settings
 
 from .cost import peak_terms_ms
 from .profile import TargetProfile
@@ -44,14 +43,6 @@ def time_onnx(path: str, providers: list[str], batches: list[int], runs: int, wa
     result["batches"] = {b: {**rows[label]["batches"][b], "setting": label} for b, label in result["fastest"].items()}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
-
-
-def settings_for(target: TargetProfile, threads: Optional[list[int]] = None) -> list[Optional[RuntimeSetting]]:
-    """The runtime settings to measure on this machine for `target`: a thread sweep on a CPU target, the runtime's
-    defaults (None) where a GPU runs the graph."""
-    if target.device_class != "cpu":
-        return [None]
-    return candidate_settings(sweep_cores(target.cpu_cores), threads)
 
 
 def available_providers(target: TargetProfile) -> list[str]:

@@ -202,7 +202,7 @@ class PruneStage(Stage):
 
         from ..metrics import count_macs
         from ..methods.pruning.blocks import blocks_to_drop
-        from ..methods.pruning.channels import channel_sparsity, check_rebuilds, schedule_channels, shapes_for
+        from ..methods.pruning.channels import channel_sparsity, check_rebuilds, narrower_than, schedule_channels, shapes_for
         from ..models.resize import resize_changes, shape_attrs
         from ..models.spec import Drop, Resize
 
@@ -230,11 +230,3 @@ class PruneStage(Stage):
             metrics["goal"] = {"key": goal.key, "value": goal.value, "reached": goal.measure(model)}
         return StageResult(model=model, spec=spec.then(Resize(modules=resize_changes(before, after)), Drop(modules=dropped)),
                            metrics=metrics)
-
-
-def narrower_than(shapes: dict[str, dict[str, int]], scope: list[str], round_to: int) -> list[str]:
-    """The layers in scope whose output is already narrower than the alignment (from `shape_attrs`): they cannot
-    shrink unless round_to_min lowers it for them."""
-    from ..models.resize import out_width
-
-    return [n for n in scope if n in shapes and out_width(shapes[n]) < round_to]

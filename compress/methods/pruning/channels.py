@@ -172,6 +172,12 @@ def channel_sparsity(before: dict[str, dict[str, int]], after: dict[str, dict[st
     return {n: 1 - out_width(after[n]) / out_width(before[n]) if n in after else 1.0 for n in layers}
 
 
+def narrower_than(shapes: dict[str, dict[str, int]], scope: list[str], round_to: int) -> list[str]:
+    """The layers in scope whose output is already narrower than the alignment (from `shape_attrs`): they cannot
+    shrink unless round_to_min lowers it for them."""
+    return [n for n in scope if n in shapes and out_width(shapes[n]) < round_to]
+
+
 def check_rebuilds(pruned: nn.Module, spec: ModelSpec) -> None:
     """Raise ConfigError unless `build_model(spec)` gives every tensor of `pruned` its shape."""
     rebuilt = build_model(spec).state_dict()
