@@ -61,6 +61,23 @@ class Branchy(nn.Module):
         return self.fc(self.hidden(self.mix(x).relu().mean((2, 3))).relu())
 
 
+class ConcatGrouped(nn.Module):
+    """Two branches concatenated into a 4-group convolution, then a pointwise and a grouped convolution (ResNeXt-like)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, groups: int = 8):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(64, 64, 3, 2, 1, groups=4), nn.BatchNorm2d(64), nn.ReLU())
+        self.point = nn.Sequential(nn.Conv2d(64, 64, 1), nn.BatchNorm2d(64), nn.ReLU())
+        self.grouped8 = nn.Sequential(nn.Conv2d(64, 64, 3, 2, 1, groups=groups), nn.BatchNorm2d(64), nn.ReLU())
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.grouped(torch.cat([self.a(x), self.b(x)], 1))
+        return self.fc(self.grouped8(self.point(x)).mean((2, 3)))
+
+
 class Head(nn.Module):
     def __init__(self):
         super().__init__()
@@ -88,6 +105,10 @@ class Untracked(HardCoded):
 
 def branchy(in_channels: int, num_classes: int) -> nn.Module:
     return Branchy(in_channels, num_classes)
+
+
+def concat_grouped(in_channels: int, num_classes: int, groups: int = 8) -> nn.Module:
+    return ConcatGrouped(in_channels, num_classes, groups)
 
 
 def hard_coded(in_channels: int, num_classes: int) -> nn.Module:
@@ -279,6 +300,20 @@ def test_channel_pruning_of_a_user_model_with_branches(ctx, tmp_path, importance
     assert torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-5)
 
 
+def test_grouped_convolutions_after_a_concatenation_shrink_in_whole_groups(ctx, tmp_path):
+    spec = make_spec("python:test_prune:concat_grouped", 1, 10)
+    model, result = prune(ctx, spec, method="channel", target_macs=0.25, schedule={"frequency": 2, "end": 0.75})  # alignment 8
+    assert result.metrics["macs_ratio"] <= 0.25 and result.metrics["round_to"] == 8 and len(result.metrics["schedule"]) > 1
+    for name, groups in (("grouped.0", 4), ("grouped8.0", 8)):
+        conv = model.get_submodule(name)
+        assert conv.groups == groups and conv.in_channels < 64 and conv.in_channels % 8 == conv.out_channels % 8 == 0
+    assert model.a[0].out_channels == model.b[0].out_channels == model.grouped[0].in_channels // 2
+    save_model_dir(tmp_path / "ckpt", model, result.spec, {})
+    rebuilt, _, _ = load_model_dir(tmp_path / "ckpt")
+    x = ctx.data.val.x[:4]
+    assert torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-5)
+
+
 def test_resize_round_trip_and_errors():
     model = build_model(CNN)
     before = shape_attrs(model)
@@ -397,6 +432,9 @@ BAD_FOR_MODEL = [
     (CNN, {"method": "nm", "include": ["0.0"], "exclude": []}, ["no layer in scope can hold the 2:4 pattern"]),
     (CNN, {"method": "channel", "target_macs": 0.01}, ["target_macs 0.01 cannot be reached", "(at the alignment of 8 channels, 8 -> 8 channels",
                                                        "of the MACs", "set round_to_min"]),
+    (make_spec("python:test_prune:concat_grouped", 1, 10, {"groups": 32}), {"method": "channel", "target_macs": 0.02},
+     ["target_macs 0.02 cannot be reached", "grouped8.0 (grouped convolution with 32 groups: keeps a multiple of 32 channels",
+      "take layers out of exclude", "method magnitude or nm"]),
     (CNN, {"method": "channel", "round_to": 4, "round_to_min": 4}, ["round_to_min: 4 must be below the alignment it lowers, 4 (round_to)"]),
     (CNN, {"method": "channel", "target_latency_ms": 1e-6}, ["target_latency_ms 1e-06 cannot be reached"]),
     (RESNET, {"method": "channel", "drop_blocks": ["blocks.1"]},

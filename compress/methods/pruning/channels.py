@@ -3,6 +3,7 @@ concatenations, depthwise and grouped convolutions) are removed together, so the
 from __future__ import annotations
 
 import copy
+import math
 from typing import Optional
 
 import torch
@@ -30,17 +31,63 @@ IMPORTANCE = {
 class AlignedPruner(tp.pruner.BasePruner):
     """torch-pruning's pruner, with channel counts rounded to the nearest multiple of `round_to` (at least one); a
     channel group at or below `round_to` channels rounds to `round_to_min` instead, so a layer already narrower than
-    the alignment can still shrink."""
+    the alignment can still shrink.
+
+    Grouped convolutions (1 < groups < in_channels) keep their group count and lose the same positions in every
+    group, on their input and their output: the channels that feed one (through a concatenation too) are chosen as
+    one set, from importance averaged over its groups, and the kept count is a multiple of both the group count and
+    the alignment."""
 
     def __init__(self, *args, round_to_min: Optional[int] = None, **kwargs):
         self.round_to_min = round_to_min
         super().__init__(*args, **kwargs)
+        self.grouped = {m for m in self.model.modules() if is_grouped_conv(m)}
+        if self.grouped:  # torch-pruning's chunking does not follow a group across a concatenation: those sets are ours
+            every_group = self.DG.get_all_groups
+            self.DG.get_all_groups = lambda **kw: (g for g in every_group(**kw) if not self._touches_grouped(g))
 
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        if self.round_to_min and current_channels <= round_to:
-            round_to = self.round_to_min
-        keep = current_channels - n_pruned
-        return max(current_channels - max(round_to, round_to * int(keep / round_to + 0.5)), 0)
+        return current_channels - self._aligned_keep(current_channels - n_pruned, current_channels, 1)
+
+    def _aligned_keep(self, keep: float, current: int, groups: int) -> int:
+        """`keep` channels of `current` rounded to the nearest multiple of the alignment and of `groups` (at least
+        one such multiple; `current` when even that is wider)."""
+        floor = self.round_to_min if self.round_to_min and current <= self.round_to else self.round_to
+        unit = math.lcm(floor or 1, groups)
+        return current if unit > current else min(current, max(unit, unit * int(keep / unit + 0.5)))
+
+    def _touches_grouped(self, group) -> bool:
+        return any(dep.target.module in self.grouped for dep, _ in group)
+
+    def _prune(self):
+        yield from self._prune_grouped()
+        yield from super()._prune()
+
+    def _prune_grouped(self):
+        """One pruning group per channel set that a grouped convolution reads or writes, each pruned periodically."""
+        ratio, done = self.per_step_pruning_ratio[self.current_step], set()
+        for conv in sorted(self.grouped, key=lambda m: self.DG._module2name[m]):
+            for fn, initial, current in ((tp.prune_conv_in_channels, self.layer_init_in_ch, conv.in_channels),
+                                         (tp.prune_conv_out_channels, self.layer_init_out_ch, conv.out_channels)):
+                group = self.DG.get_pruning_group(conv, fn, list(range(current)))
+                sides = {(dep.target.module, dep.handler) for dep, _ in group if dep.target.module in self.grouped}
+                if sides & done or any(self.DG.is_out_channel_pruning_fn(dep.handler) and dep.target.module in self.ignored_layers
+                                       for dep, _ in group):
+                    continue
+                done |= sides
+                blocks = math.lcm(*(m.groups for m, _ in sides))
+                keep = self._aligned_keep(initial[conv] * (1 - ratio), current, blocks)
+                imp = self.estimate_importance(group)
+                if keep >= current or imp is None:
+                    continue
+                width = current // blocks
+                drop = torch.argsort(imp.view(blocks, width).mean(0).cpu())[: width - keep // blocks]
+                yield self.DG.get_pruning_group(conv, fn, [int(i) + b * width for b in range(blocks) for i in drop])
+
+
+def is_grouped_conv(module: nn.Module) -> bool:
+    """A convolution with several groups that is not depthwise."""
+    return isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels
 
 
 def make_pruner(model: nn.Module, example: torch.Tensor, ignored: list[str], ratios: list[float], importance: str = "l2",
@@ -130,14 +177,15 @@ def floor_report(model: nn.Module, pruned: nn.Module, ignored: list[str], round_
                 f"lower round_to or set round_to_min, or remove blocks (drop_blocks)")
 
     def why(name: str) -> str:
-        channels, module = out_width(after[name]), pruned.get_submodule(name)
+        channels, module = out_width(after[name]), model.get_submodule(name)
         floor = round_to_min if round_to_min and channels <= round_to else round_to
         if name in ignored:
             return "excluded"
         if channels <= floor:
             return f"at the alignment of {floor} channels"
-        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
-            return f"grouped convolution, {module.groups} groups"
+        if is_grouped_conv(module):
+            return (f"grouped convolution with {module.groups} groups: keeps a multiple of {math.lcm(module.groups, floor)} "
+                    f"channels, the same in every group")
         return "coupled to a layer that keeps its channels"
 
     shown = ", ".join(f"{n} ({why(n)}, {out_width(before[n])} -> {out_width(after[n])} channels, {macs[n] / total:.0%} of the MACs)"
