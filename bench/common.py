@@ -37,7 +37,7 @@ def trained_model(arch: dict, data: DataBundle, data_cfg: DataConfig, train: Tra
     """Train `arch` on `data` (or reuse the cached result of the same settings) and return (model, spec)."""
     spec = make_spec(arch["arch"], data.in_channels, data.num_classes, arch["kwargs"])
     key = sha256_json({"spec": spec.model_dump(mode="json"), "data": data_cfg.model_dump(mode="json"), "train": train.model_dump(), "seed": seed})[:16]
-    model, spec, _ = cached_model(cache / f"{arch['arch']}-{key}", lambda: train_from_scratch(arch, data, data_cfg, train, seed, quiet))
+    model, spec, _ = cached_model(cache / f"{Path(arch['arch']).stem}-{key}", lambda: train_from_scratch(arch, data, data_cfg, train, seed, quiet))
     return model, spec
 
 

@@ -53,10 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Bench:
-    """Runs and caches the rows of one benchmark configuration."""
+    """Runs and caches the rows of one benchmark configuration, pruning `arch` ({arch, kwargs}) trained from scratch."""
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, args, arch: dict = REFERENCE):
+        self.args, self.arch = args, arch
         self.data_cfg = DataConfig(dataset=args.dataset, root=args.data_root, limit=args.limit, batch_size=args.batch_size)
         self.data = load_data(self.data_cfg, seed=0)
         if self.data.test is None:
@@ -69,12 +69,12 @@ class Bench:
                           stage_name=name)
 
     def reference(self, seed: int) -> tuple[torch.nn.Module, dict]:
-        return trained_model(REFERENCE, self.data, self.data_cfg, self.reference_train, seed, self.args.work_dir / "models", self.args.quiet)
+        return trained_model(self.arch, self.data, self.data_cfg, self.reference_train, seed, self.args.work_dir / "models", self.args.quiet)
 
     def cached(self, key: dict, make) -> dict:
         """The record of a finished row, or `make()`'s, stored under a hash of everything it depends on."""
         digest = sha256_json({**key, "data": self.data_cfg.model_dump(mode="json"), "reference": self.reference_train.model_dump(),
-                              "target": self.target.name})[:20]
+                              "target": self.target.name, **({} if self.arch is REFERENCE else {"arch": self.arch})})[:20]
         path = self.args.work_dir / "rows" / f"{digest}.json"
         if path.is_file():
             return json.loads(path.read_text())

@@ -51,11 +51,13 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    arch: str = Field(description="registered architecture (see `compress models`), 'torchvision:NAME', 'timm:NAME' or 'python:module:function'")
+    arch: str = Field(description="registered architecture (see `compress models`), 'torchvision:NAME', 'timm:NAME', "
+                                  "'hf:FOLDER' / 'hf:CONFIG.json' (a local Hugging Face image classifier) or 'python:module:function'")
     num_classes: Optional[Count] = Field(None, description="output classes; default: the dataset's")
     in_channels: Optional[Count] = Field(None, description="input channels; default: the dataset's")
     kwargs: Kwargs = Field(default_factory=dict, description="extra keyword arguments for the architecture")
-    weights: Optional[FilePath] = Field(None, description="initial weights: .safetensors, or a tensors-only torch file (.pt/.pth)")
+    weights: Optional[FilePath] = Field(None, description="initial weights: .safetensors, or a tensors-only torch file "
+                                                          "(.pt/.pth); default for 'hf:FOLDER': the folder's weights")
 
 
 class DataConfig(Strict):

@@ -22,6 +22,7 @@ from .distributed import Distributed, init_from_env, on_main, shutdown
 from .errors import ConfigError, ExportError, ModelError, RunDirError, described, shown
 from .metrics import model_metrics
 from .models import build_model, load_weights, make_spec
+from .models.hf import initial_weights
 from .pipeline_file import Pipeline, load_pipeline
 from .report import build_report, print_summary, write_report
 from .run_folder import remove_stale_stages, run_folder
@@ -162,8 +163,9 @@ def execute(pipeline: Pipeline, targets: list, run_dir: Path, resume: bool, quie
     else:
         seed_everything(cfg.seed)  # initial weights follow the config's seed
         model = build_model(spec)
-        if cfg.model.weights:
-            load_weights(model, cfg.model.weights)
+        weights = cfg.model.weights or initial_weights(cfg.model.arch)
+        if weights:
+            load_weights(model, weights)
         model.to(torch_device)
 
     check_model_runs(model, spec, data)

@@ -179,6 +179,18 @@ def link(path: Path, target: str) -> None:
     path.symlink_to(Path(target).parent, target_is_directory=True)
 
 
+def hf_installed() -> bool:
+    """True, or skip the row: transformers is an optional extra."""
+    pytest.importorskip("transformers")
+    return True
+
+
+def hf_folder(s) -> str:
+    """A Hugging Face folder whose weights file holds a tensor its config has no place for."""
+    s.path("hf/config.json", json.dumps({"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8], "depths": [1]}))
+    return s.path("hf/model.safetensors", save({"stray": torch.zeros(1)})).rpartition("/")[0]
+
+
 def fifo_folder(s) -> str:
     """A folder of the run holding a named pipe called like an artifact (opening it would block)."""
     folder = Path(s.path("run/art/x")).parent
@@ -220,6 +232,15 @@ CATALOGUE = [
      ["model 'cnn_s': bad arguments", "chanels"]),
     ("model/python-ref-not-importable", lambda s: s.run(model={"arch": "python:no_such_module:net"}), 2,
      ["python:no_such_module:net", "cannot import net"]),
+    ("model/hf-folder-without-config", lambda s: s.run(model={"arch": "hf:" + s.path("hf/model.safetensors", b"x").rpartition("/")[0]}), 2,
+     ["the folder has no config.json", "save_pretrained"]),
+    ("model/hf-remote-code", lambda s: s.run(model={"arch": "hf:" + s.path("hf.json", json.dumps(
+        {"model_type": "resnet", "auto_map": {"AutoModelForImageClassification": "net.Net"}}))}), 2,
+     ["maps to custom code (AutoModelForImageClassification)", "trust_remote_code is off"]),
+    ("model/hf-not-an-image-classifier", lambda s: hf_installed() and s.run(model={"arch": "hf:" + s.path("bert.json", json.dumps(
+        {"model_type": "bert"}))}), 2, ["a BertConfig ('bert') is not an image classifier"]),
+    ("model/hf-weights-do-not-match", lambda s: hf_installed() and s.run(model={"arch": "hf:" + hf_folder(s)}), 2,
+     ["model.safetensors: weights do not match the model", "unexpected (1): stray"]),
     ("model/too-few-classes", lambda s: s.run(model={**MODEL, "num_classes": 5}), 2,
      ["model.num_classes: 5", "10 classes", "remove it"]),
     ("model/wrong-input-channels", lambda s: s.run(model={**MODEL, "in_channels": 3}), 2,

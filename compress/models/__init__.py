@@ -1,4 +1,4 @@
-"""Model registry, builders from JSON specs, adapters for torchvision / timm / user code, and safe weight loading."""
+"""Model registry, builders from JSON specs, adapters for torchvision / timm / Hugging Face / user code, and safe weight loading."""
 from __future__ import annotations
 
 import importlib
@@ -21,12 +21,16 @@ ADAPTERS: Registry[Callable[..., nn.Module]] = Registry("model source")  # prefi
 
 
 def make_spec(arch: str, in_channels: int, num_classes: int, kwargs: dict[str, Any] | None = None) -> ModelSpec:
-    """The spec from which `build_model` rebuilds an architecture without pickle."""
-    return ModelSpec(arch=arch, in_channels=in_channels, num_classes=num_classes, kwargs=dict(kwargs or {}))
+    """The spec from which `build_model` rebuilds an architecture without pickle; an 'hf:' reference's config is
+    recorded in it, so the rebuild needs no folder."""
+    kwargs = dict(kwargs or {})
+    if arch.startswith("hf:") and "config" not in kwargs:
+        kwargs["config"] = hf.read_config(arch[3:])
+    return ModelSpec(arch=arch, in_channels=in_channels, num_classes=num_classes, kwargs=kwargs)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build an untrained model from a spec: a registered name, or a 'torchvision:', 'timm:', 'python:' reference,
+    """Build an untrained model from a spec: a registered name, or a 'torchvision:', 'timm:', 'hf:', 'python:' reference,
     then each recorded transform (pruned shapes, dropped blocks, ...) in order."""
     arch, kwargs = spec.arch, spec.kwargs
     source, _, ref = arch.partition(":")
@@ -161,4 +165,4 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-from . import cnn, mamba, mobilenet, resnet  # noqa: E402,F401  (register the built-in architectures)
+from . import cnn, hf, mamba, mobilenet, resnet  # noqa: E402,F401  (register the built-in architectures and hf:)

@@ -1,4 +1,6 @@
-"""Rebuild structurally pruned models without pickle: spec["resize"] maps module names to new shape attributes."""
+"""Rebuild structurally pruned models without pickle: a `resize` transform maps module names to new shape attributes
+(channels, groups, features; a LayerNorm's last dimension; the length of a module's own 1-D parameters, such as
+ConvNeXt's layer scale)."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,17 +16,30 @@ SHAPE_ATTRS: dict[type, tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features"),
     _BatchNorm: ("num_features",),
     nn.GroupNorm: ("num_groups", "num_channels"),
+    nn.LayerNorm: ("normalized_shape",),  # recorded as its last dimension
 }
 
 
-def attrs_of(module: nn.Module) -> tuple[str, ...]:
-    """The shape attributes of a resizable module; () for any other module."""
+def layer_attrs(module: nn.Module) -> tuple[str, ...]:
+    """The shape attributes of a resizable layer type; () for any other module."""
     return next((attrs for cls, attrs in SHAPE_ATTRS.items() if isinstance(module, cls)), ())
 
 
+def attrs_of(module: nn.Module) -> tuple[str, ...]:
+    """The shape attributes of a module: a resizable layer's, else the names of its own 1-D parameters."""
+    return layer_attrs(module) or tuple(n for n, p in module.named_parameters(recurse=False) if p.dim() == 1)
+
+
+def read_attr(module: nn.Module, attr: str) -> int:
+    value = getattr(module, attr)
+    if isinstance(value, nn.Parameter):
+        return value.shape[0]
+    return value[-1] if attr == "normalized_shape" else value
+
+
 def shape_attrs(model: nn.Module) -> dict[str, dict[str, int]]:
-    """{module name: {attribute: value}} for every resizable module of `model`."""
-    return {name: {a: getattr(m, a) for a in attrs_of(m)} for name, m in model.named_modules() if attrs_of(m)}
+    """{module name: {attribute: value}} for every module of `model` with shape attributes."""
+    return {name: {a: read_attr(m, a) for a in attrs_of(m)} for name, m in model.named_modules() if attrs_of(m)}
 
 
 def out_width(attrs: dict[str, int]) -> int:
@@ -44,6 +59,8 @@ def tensor_shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
         return {"weight": (*io, *m.kernel_size), "bias": (m.out_channels,)}
     if isinstance(m, nn.Linear):
         return {"weight": (m.out_features, m.in_features), "bias": (m.out_features,)}
+    if isinstance(m, nn.LayerNorm):
+        return {"weight": m.normalized_shape, "bias": m.normalized_shape}
     n = m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features
     return {key: (n,) for key in ("weight", "bias", "running_mean", "running_var")}
 
@@ -58,8 +75,12 @@ def apply_resize(model: nn.Module, resize: dict[str, dict[str, Any]]) -> nn.Modu
         unknown = set(attrs) - set(attrs_of(m))
         if unknown:
             raise ModelError(f"spec resize: module {name!r} ({type(m).__name__}) has no resizable attribute(s) {sorted(unknown)}")
+        if not layer_attrs(m):  # a module's own parameters: filled with their first value until weights load
+            for attr, value in attrs.items():
+                setattr(m, attr, nn.Parameter(getattr(m, attr).detach()[:1].expand(value).clone()))
+            continue
         for attr, value in attrs.items():
-            setattr(m, attr, value)
+            setattr(m, attr, (*m.normalized_shape[:-1], value) if attr == "normalized_shape" else value)
         for key, shape in tensor_shapes(m).items():
             t = getattr(m, key, None)
             if t is not None:

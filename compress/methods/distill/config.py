@@ -18,12 +18,13 @@ class TeacherTraining(TrainConfig):
 
 
 class TeacherConfig(Strict):
-    """One `teachers` entry: `{stage: NAME}`, `{arch, weights, kwargs?}` or `{train: {count, arch, epochs, ...}}`."""
+    """One `teachers` entry: `{stage: NAME}`, `{arch, weights, kwargs?}` (weights optional for 'hf:FOLDER') or `{train: {count, arch, epochs, ...}}`."""
 
     stage: Optional[str] = Field(None, description="the model an earlier stage of this run produced (its name, or type when unnamed)")
 
     arch: Optional[str] = Field(None, description="architecture of a teacher loaded from `weights`")
-    weights: Optional[FilePath] = Field(None, description="the teacher's .safetensors (or tensors-only .pt) file")
+    weights: Optional[FilePath] = Field(None, description="the teacher's .safetensors (or tensors-only .pt) file; "
+                                                          "default for 'hf:FOLDER': the folder's weights")
     kwargs: Kwargs = Field(default_factory=dict, description="extra keyword arguments for `arch`")
     num_classes: Optional[Count] = Field(None, description="default: the student's")
     in_channels: Optional[Count] = Field(None, description="default: the student's")
@@ -31,7 +32,8 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def one_form(self) -> "TeacherConfig":
-        from_file = self.arch is not None and self.weights is not None and not {"stage", "train"} & self.model_fields_set
+        weighted = self.weights is not None or (self.arch or "").startswith("hf:")  # a Hugging Face folder brings its own
+        from_file = self.arch is not None and weighted and not {"stage", "train"} & self.model_fields_set
         forms = [from_file, self.model_fields_set == {"train"}, self.model_fields_set == {"stage"}]
         if sum(forms) != 1:
             raise ValueError("expected one of {stage: NAME}, {arch, weights[, kwargs]} or {train: {count, arch, epochs, ...}}")

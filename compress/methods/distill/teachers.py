@@ -14,8 +14,9 @@ from ...checkpoint import load_model_dir, save_model_dir
 from ...config import sha256_json
 from ...context import RunContext
 from ...distributed import on_main
-from ...errors import ConfigError, ModelError, RunDirError, UnknownNameError, described
+from ...errors import ConfigError, ModelError, RunDirError, UnknownNameError, described, shown
 from ...models import ModelSpec, build_model, load_weights, make_spec
+from ...models.hf import initial_weights
 from ...training import Trainer, evaluate
 from .config import TeacherConfig, TeacherTraining
 from .losses import TeacherTargets
@@ -55,10 +56,13 @@ def file_teacher(entry: TeacherConfig, student_spec: ModelSpec, name: str, ctx: 
     spec = make_spec(entry.arch, entry.in_channels or student_spec.in_channels,
                      entry.num_classes or student_spec.num_classes, entry.kwargs)
     try:
-        model = load_weights(build_model(spec), entry.weights)
+        weights = entry.weights or initial_weights(entry.arch)
+        if weights is None:
+            raise ModelError(f"{shown(entry.arch)} brings no weights: give the teacher's weights")
+        model = load_weights(build_model(spec), weights)
     except (ModelError, UnknownNameError) as e:  # WeightsError included
         raise type(e)(f"stage '{ctx.stage_name}': {name}: {e}") from None
-    return Teacher(model, spec, {"name": name, "arch": entry.arch, "weights": str(entry.weights)})
+    return Teacher(model, spec, {"name": name, "arch": entry.arch, "weights": str(weights)})
 
 
 def stage_teacher(label: str, name: str, ctx: RunContext) -> Teacher:

@@ -14,7 +14,7 @@ from ...data import Batch
 from ...errors import ConfigError
 from ...metrics import layer_costs
 from ...models import ModelSpec, build_model
-from ...models.resize import out_width, remove_modules, shape_attrs
+from ...models.resize import layer_attrs, out_width, remove_modules, shape_attrs
 from ...training import Callback, Trainer, evaluating
 from ..budget import MAX_RATIO, Goal, smallest_ratio
 from .blocks import BlockDropping, nested
@@ -99,13 +99,19 @@ def make_pruner(model: nn.Module, example: torch.Tensor, ignored: list[str], rat
         return AlignedPruner(model, example, IMPORTANCE[importance](), pruning_ratio=ratios[-1], iterative_steps=len(ratios),
                              iterative_pruning_ratio_scheduler=lambda ratio, steps: [0.0, *ratios],
                              ignored_layers=[model.get_submodule(name) for name in ignored], round_to=round_to,
-                             round_to_min=round_to_min)
+                             round_to_min=round_to_min, unwrapped_parameters=channel_vectors(model))
     except Exception as e:
         check_runs(model, example, "torch-pruning cannot trace the model")
         raise ConfigError(f"torch-pruning cannot trace the model: {type(e).__name__}: {e}; exclude the layers around the "
                           f"operation it cannot follow, or use method magnitude or nm") from None
     finally:
         model.train(was_training)
+
+
+def channel_vectors(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """The 1-D parameters that belong to no layer torch-pruning knows (ConvNeXt's layer scale), pruned along their
+    only dimension; the spec's resize transform records their lengths."""
+    return [(p, 0) for m in model.modules() if not layer_attrs(m) for p in m.parameters(recurse=False) if p.dim() == 1]
 
 
 def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
