@@ -43,6 +43,8 @@ def test_folder_weights_are_loaded_and_the_spec_rebuilds_without_the_folder(tmp_
     (tmp_path / "convnext" / "config.json").unlink()  # the spec holds the config
     assert torch.allclose(load_weights(build_model(spec), tmp_path / "convnext" / "model.safetensors").eval()(x), model(x))
     assert initial_weights("hf:" + folder + "/x.json") is None and initial_weights("cnn_s") is None
+    deeper = build_model(spec.model_copy(update={"kwargs": {**spec.kwargs, "depths": [2, 1]}}))  # kwargs override config fields
+    assert len(deeper.convnext.encoder.stages[0].layers) == 2
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))

@@ -65,15 +65,17 @@ def initial_weights(arch: str) -> Optional[Path]:
 
 
 def logits(module: nn.Module, inputs: tuple, output: Any):
-    """Forward hook: the logits tensor of a transformers output object."""
-    return output.logits
+    """Forward hook: the logits tensor of a transformers output object (or of its tuple form)."""
+    return output.logits if hasattr(output, "logits") else output[0]
 
 
 @ADAPTERS.register("hf")
-def hf_model(ref: str, in_channels: int, num_classes: int, config: Optional[dict[str, Any]] = None) -> nn.Module:
-    """'hf:FOLDER' or 'hf:CONFIG.json' with `num_channels` and `num_labels` set from the spec; returns logits."""
+def hf_model(ref: str, in_channels: int, num_classes: int, config: Optional[dict[str, Any]] = None,
+             **overrides: Any) -> nn.Module:
+    """'hf:FOLDER' or 'hf:CONFIG.json' with `num_channels` and `num_labels` set from the spec and the model's other
+    kwargs overriding config fields; returns logits."""
     where = f"model 'hf:{ref}'"
-    config = dict(read_config(ref) if config is None else config)
+    config = {**(read_config(ref) if config is None else config), **overrides}
     check_config(config, where)
     transformers = optional_import("transformers", "hf")
     model_type = config.pop("model_type")

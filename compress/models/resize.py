@@ -31,6 +31,7 @@ def attrs_of(module: nn.Module) -> tuple[str, ...]:
 
 
 def read_attr(module: nn.Module, attr: str) -> int:
+    """One shape attribute as an int: a parameter's length, a LayerNorm's last dimension, or the attribute itself."""
     value = getattr(module, attr)
     if isinstance(value, nn.Parameter):
         return value.shape[0]
