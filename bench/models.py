@@ -25,7 +25,7 @@ from prune import Bench, per_seed, points
 
 # Small members of each family for 28x28 grey images (HF defaults are ImageNet-sized), and what their from-scratch
 # training changes in the reference recipe (SGD, lr 0.1, cosine): MobileNetV2 diverged to NaN at lr 0.1 in one of three
-# seeds and its default classifier dropout of 0.8 held it at 76.5% after 2 epochs; ConvNeXt gets the same clipping.
+# seeds and its default classifier dropout of 0.8 held it at 76.5% after 2 epochs; ConvNeXt gets the same settings.
 FAMILIES = {
     "ResNet": ("resnet", {"embedding_size": 32, "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1], "layer_type": "basic",
                           "downsample_in_first_stage": False}, {}),
@@ -64,7 +64,7 @@ def family_rows(args, model_type: str, kwargs: dict, train: dict) -> tuple[Bench
     path = write_config(model_type, kwargs, args.work_dir / "configs")
     bench = Bench(args, {"arch": f"hf:{path.resolve()}", "kwargs": {}})
     bench.reference_train = bench.reference_train.model_copy(update=train)
-    stage = {"method": "channel", "schedule": {"frequency": args.frequency}, **{k: v for k, v in train.items() if k == "grad_clip"}}
+    stage = {"method": "channel", "schedule": {"frequency": args.frequency}, "grad_clip": train.get("grad_clip")}
     rows = {
         f"unpruned, {args.epochs} epochs": [bench.cached({"reference": True, "seed": s}, lambda p, s=s: bench.measure(bench.reference(s)[0], p))
                                             for s in args.seeds],
