@@ -41,24 +41,35 @@ def trained_model(arch: dict, data: DataBundle, data_cfg: DataConfig, train: Tra
     return model, spec
 
 
+def converged_reference(data: DataBundle, data_cfg: DataConfig, train: TrainConfig, cache: Path,
+                        quiet: bool = True) -> tuple[torch.nn.Module, dict, dict, Path]:
+    """REFERENCE trained once, seed 0, with augmentation: the pretrained model that compression starts from, cached in
+    `cache`; returns (model, spec, {"seconds", "curve"}, its folder)."""
+    data_cfg = data_cfg.model_copy(update={"augment": True})
+    key = sha256_json({"arch": REFERENCE, "data": data_cfg.model_dump(mode="json"), "train": train.model_dump()})[:16]
+    folder = cache / f"reference-{key}"
+    return (*cached_model(folder, lambda: train_from_scratch(REFERENCE, data, data_cfg, train, 0, quiet)), folder)
+
+
 def train_from_scratch(arch: dict, data: DataBundle, data_cfg: DataConfig, train: TrainConfig, seed: int,
-                       quiet: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Build `arch` ({arch, kwargs}) with seeded weights and train it on `data`; returns (model, spec)."""
+                       quiet: bool = True) -> tuple[torch.nn.Module, dict, dict]:
+    """Build `arch` ({arch, kwargs}) with seeded weights and train it on `data`; returns (model, spec, {"curve": the
+    per-epoch metrics})."""
     seed_everything(seed)
     spec = make_spec(arch["arch"], data.in_channels, data.num_classes, arch["kwargs"])
     model = build_model(spec)
     ctx = RunContext(data=data, data_config=data_cfg, seed=seed, quiet=quiet, stage_name=arch["arch"])
-    Trainer(model, train, ctx).fit()
-    return model, spec
+    return model, spec, {"curve": Trainer(model, train, ctx).fit()}
 
 
-def cached_model(folder: Path, make: Callable[[], tuple[torch.nn.Module, dict]]) -> tuple[torch.nn.Module, dict, dict]:
-    """(model, spec, metrics) saved in `folder`, or made by `make()` and saved there; metrics hold make's wall time."""
+def cached_model(folder: Path, make: Callable[[], tuple]) -> tuple[torch.nn.Module, dict, dict]:
+    """(model, spec, metrics) saved in `folder`, or made by `make()` -> (model, spec[, metrics]) and saved there; the
+    metrics gain make's wall time ("seconds")."""
     if read_spec(folder):
         return load_model_dir(folder)
     start = time.perf_counter()
-    model, spec = make()
-    metrics = {"seconds": time.perf_counter() - start}
+    model, spec, *extra = make()
+    metrics = {**(extra[0] if extra else {}), "seconds": time.perf_counter() - start}
     save_model_dir(folder, model, spec, metrics)
     return model, spec, metrics
 
@@ -120,6 +131,36 @@ def latencies(paths: dict[str, str], data: DataBundle, runs: int, rounds: int = 
     times = alternating_rounds(sessions, {b: data.val.x[:b].numpy() for b in BATCHES}, runs, rounds)
     return Timings({name: {t: {b: [statistics.median(r) for r in times[name, t][b]] for b in BATCHES} for t in THREADS}
                     for name in paths})
+
+
+def gemm_peaks(threads: int, size: int = 1024, runs: int = 20) -> dict[str, float]:
+    """This machine's measured dense peaks in TOPS (1 MAC = 2 ops) on `threads` ONNX Runtime threads: a `size`-square
+    fp32 MatMul and a uint8 x int8 MatMulInteger (the kernel family of INT8 models), median of `runs` calls."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng, peaks = np.random.default_rng(0), {}
+    for precision, a_type, b in (("fp32", TensorProto.FLOAT, rng.standard_normal((size, size)).astype(np.float32)),
+                                 ("int8", TensorProto.UINT8, rng.integers(-128, 128, (size, size), dtype=np.int8))):
+        op = "MatMul" if precision == "fp32" else "MatMulInteger"
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], f"gemm-{precision}",
+                                  [helper.make_tensor_value_info("a", a_type, [size, size])],
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT if precision == "fp32" else TensorProto.INT32, None)],
+                                  [numpy_helper.from_array(b, "b")])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        a = rng.standard_normal((size, size)).astype(np.float32) if precision == "fp32" else rng.integers(0, 256, (size, size), dtype=np.uint8)
+        session.run(None, {"a": a})
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, {"a": a})
+            times.append(time.perf_counter() - start)
+        peaks[precision] = 2 * size ** 3 / statistics.median(times) / 1e12
+    return peaks
 
 
 def bench_parser(doc: str) -> argparse.ArgumentParser:

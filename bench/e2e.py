@@ -1,112 +1,121 @@
-"""Headline benchmark: the whole pipeline against each peer on Fashion-MNIST, side by side in one run.
+"""Headline benchmark: compress a converged model with every method on the same budget, 3 seeds, side by side.
 
-Ours is a real pipeline file (written to the work folder and quoted in docs/benchmarks.md): train the reference, prune
-it gradually to 1/8 of its MACs (channels, and the residual block costliest on the target), distil with MEAL from the
-unpruned model plus trained teachers, export INT8 with NNCF. The peers start from the same trained reference (the
-small dense model from scratch) with the same epochs: NNCF INT8 alone; torch-pruning one-shot to the same MACs,
-fine-tuned for our prune + MEAL epochs; a dense resnet_s of the same MACs trained for all our epochs; each pruned or
-small peer also with INT8. Every ONNX file is scored on the test split by ONNX Runtime and timed in alternating
-rounds. Writes the `e2e` section of docs/benchmarks.md and the Pareto plot docs/e2e-pareto.svg. Finished work is
-cached in the work folder: a rerun resumes (delete it after code changes).
+The reference (a 308k-parameter resnet_s) is trained to convergence once, with augmentation, and cached: it is the
+pretrained model every row starts from, and its training time is reported, not counted. Every row that trains gets
+the same compression budget of E epochs, at each budget and each compression level (MACs reduction factor):
 
-    python bench/e2e.py --data-root ../shared/data/fashion-mnist      # full scale: about 30 minutes on 2 cores
-    python bench/e2e.py --dataset bundled --epochs 1 --prune-epochs 1 --meal-epochs 1 --teacher-epochs 1 --runs 5 \\
+- ours: a pipeline file `compress` runs (gradual channel pruning plus the costliest block, then MEAL distillation
+  from the reference, INT8 export; the epochs split between the two stages), its fp32 model and its deployable file;
+- NNCF INT8 alone; torch-pruning one-shot + fine-tuning; torch-pruning's own iterative MagnitudePruner; NVIDIA Model
+  Optimizer's FastNAS + fine-tuning (where it installs); a small dense model from scratch for E epochs and for the
+  reference's whole training budget; each pruned or small model also as INT8.
+
+Every ONNX file is scored on the test split by ONNX Runtime and timed in alternating rounds; verdicts count a gap
+only beyond the seed spread; the roofline uses peaks measured by a GEMM microbenchmark on this machine. Writes the
+`e2e` section of docs/benchmarks.md and docs/e2e-pareto.svg. Finished work is cached in the work folder: a rerun
+resumes (delete it after code changes).
+
+    python bench/e2e.py --data-root ../shared/data/fashion-mnist           # full scale (see docs/benchmarks.md)
+    python bench/e2e.py --dataset bundled --limit 600 --reference-epochs 1 --levels 8 --budgets 2 --seeds 0 --runs 3 \\
         --rounds 1 --work-dir /tmp/e2e --out /tmp/e2e.md --plot /tmp/e2e.svg      # smoke test
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
+import math
 import os
+import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import yaml
 
-from common import (REFERENCE, ROUNDS, THREADS, Timings, bench_parser, cached_model, command_line, latencies, machine_line,
-                    scaled_reference, train_from_scratch, write_section)
+import peers
+from common import (REFERENCE, ROUNDS, THREADS, Timings, bench_parser, cached_model, command_line, converged_reference, gemm_peaks,
+                    latencies, machine_line, scaled_reference, train_from_scratch, write_section)
 from compress.atomic import atomic_write, to_json
-from compress.checkpoint import load_model_dir
+from compress.checkpoint import WEIGHTS, load_model_dir
 from compress.config import DataConfig, ExportConfig, sha256_json
-from compress.context import RunContext
 from compress.data import load_data
 from compress.export.runner import export_and_validate
 from compress.export.validate import ort_session, run_session
 from compress.metrics import layer_costs, model_metrics
-from compress.pipeline import run_pipeline, seed_everything, stage_folder
+from compress.pipeline import run_pipeline, stage_folder
 from compress.report_html import Point, ms, pareto_svg
-from compress.stages.prune import PruneStage
 from compress.targets import fingerprint, resolve
 from compress.targets.cost import peak_terms_ms
 from compress.training import TrainConfig
 
 FORMATS = ["onnx", "onnx-int8"]  # fp32 and INT8 ONNX for every model
 REPO = Path(__file__).resolve().parents[1]
+METHODS = ["ours", "one-shot", "iterative", "fastnas", "small", "small-full"]
+SAME_LATENCY = 0.05  # latencies within 5% count as equal: one architecture timed twice differs by that much here
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = bench_parser(__doc__)
-    p.set_defaults(seeds=[0])
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of the reference (the baseline)")
-    p.add_argument("--macs", type=float, default=8, help="MACs reduction factor of the channel pruning")
+    p.add_argument("--reference-epochs", type=int, default=30, help="training epochs of the converged reference")
+    p.add_argument("--budgets", type=int, nargs="+", default=[3, 8], help="compression budgets: epochs every training row gets")
+    p.add_argument("--levels", type=float, nargs="+", default=[8, 16], help="MACs reduction factors")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="the rows to run (the reference and NNCF "
+                                                                                     "INT8 always run)")
     p.add_argument("--drop-blocks", type=int, default=1, help="blocks our prune stage removes besides channels (0: none)")
-    p.add_argument("--prune-epochs", type=int, default=3, help="epochs of our prune stage")
-    p.add_argument("--meal-epochs", type=int, default=3, help="epochs of our MEAL stage")
-    p.add_argument("--teachers", type=int, default=1, help="teachers MEAL trains besides the unpruned model")
-    p.add_argument("--teacher-epochs", type=int, default=6, help="training epochs of each extra teacher")
     p.add_argument("--target", default="x86-avx512-vnni", help="export target (INT8 settings, channel alignment)")
     p.add_argument("--runs", type=int, default=50, help="timed ONNX Runtime runs per measurement")
     p.add_argument("--rounds", type=int, default=ROUNDS, help="alternating timing rounds over all files")
-    p.add_argument("--work-dir", type=Path, default=Path("runs/bench-e2e"), help="pipeline run and peer cache")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/bench-e2e"), help="cache of every trained model and file")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file whose e2e section is replaced")
     p.add_argument("--plot", type=Path, default=Path("docs/e2e-pareto.svg"), help="the accuracy-latency plot")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    if len(args.seeds) != 1:
-        p.error("the e2e benchmark runs one seed")
+    if min(args.budgets) < 1 or min(args.levels) <= 1:
+        p.error("budgets are epochs (at least 1) and levels are MACs reduction factors (above 1)")
     return args
 
 
 @dataclasses.dataclass
-class Row:
-    """One line of the table: an ONNX file, the torch model it came from, and what it cost to make."""
+class Run:
+    """One seed of a row: its ONNX file, the torch model it came from and what it cost to make (seconds)."""
 
-    name: str
-    group: str  # baseline | peer | ours
+    seed: int
     model: torch.nn.Module
     onnx: str
-    precision: str
-    seconds: Optional[float]  # wall time of the compression (training from scratch for the small dense model)
-    note: str = ""
+    seconds: Optional[float]
     measured: dict = dataclasses.field(default_factory=dict)
 
 
-def pipeline_file(args, path: Path) -> dict:
-    """Our pipeline, written as the YAML file `compress` runs."""
-    unpruned = copy.deepcopy(REFERENCE)
-    teachers = [{"stage": "train"}]
-    if args.teachers:
-        teachers.append({"train": {"count": args.teachers, **copy.deepcopy(REFERENCE), "epochs": args.teacher_epochs, "lr": 0.1,
-                                   "warmup_epochs": 0.3}})
-    config = {
-        "name": "e2e", "seed": args.seeds[0], "model": unpruned, "data": data_config(args).model_dump(mode="json", exclude_defaults=True),
-        "stages": [
-            {"type": "train", "name": "train", **reference_training(args).model_dump(exclude_defaults=True)},
-            {"type": "prune", "name": "prune", **prune_settings(args), **({"drop_blocks": args.drop_blocks} if args.drop_blocks else {}),
-             "epochs": args.prune_epochs},
-            {"type": "meal", "name": "meal", "teachers": teachers, "hard_label_weight": 0.5, "discriminator": {"enabled": False},
-             "epochs": args.meal_epochs, "lr": 0.02},
-        ],
-        "export": {"formats": FORMATS, "latency_runs": 5},
-        "target": args.target,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, yaml.safe_dump(config, sort_keys=False).encode())
-    return config
+@dataclasses.dataclass
+class Row:
+    """One line of the table: a method at one compression level and budget, over its seeds."""
+
+    name: str
+    group: str  # reference | peer | ours
+    level: Optional[float]
+    budget: Optional[int]
+    precision: str
+    runs: list[Run]
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.name} (1/{self.level:g}, E={self.budget})" if self.level else self.name
+
+    def values(self, what: str) -> list[float]:
+        return [r.measured[what] for r in self.runs]
+
+    def mean(self, what: str) -> float:
+        return statistics.mean(self.values(what))
+
+    def std(self, what: str) -> float:
+        values = self.values(what)
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def median(self, what: str) -> float:
+        return statistics.median(self.values(what))
 
 
 def data_config(args) -> DataConfig:
@@ -114,12 +123,7 @@ def data_config(args) -> DataConfig:
 
 
 def reference_training(args) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, lr=0.1, warmup_epochs=0.3)
-
-
-def prune_settings(args) -> dict:
-    """What our prune stage and the one-shot peer share: method, MACs goal, alignment."""
-    return {"method": "channel", "target_macs": round(1 / args.macs, 6), "round_to": 8}
+    return TrainConfig(epochs=args.reference_epochs, lr=0.1, warmup_epochs=0.3, channels_last=True)
 
 
 def exported(model, spec, data, target, folder: Path) -> tuple[dict[str, str], float]:
@@ -136,166 +140,254 @@ def exported(model, spec, data, target, folder: Path) -> tuple[dict[str, str], f
     return record["paths"], record["seconds"]
 
 
-def build_rows(args, data) -> tuple[list[Row], dict, dict]:
-    """Run our pipeline and every peer (or reuse the cached results); returns the rows, the run's report and pipeline."""
-    work, seed = args.work_dir, args.seeds[0]
-    config = pipeline_file(args, work / "e2e.yaml")
-    run_dir = work / "pipeline"
-    report = run_pipeline(work / "e2e.yaml", run_dir=run_dir, quiet=args.quiet)
-    finetune = args.prune_epochs + args.meal_epochs
-    # the peers depend on the reference, the pruning goal and the fine-tuning budget, not on how ours prunes or distils
-    peers = work / "peers" / sha256_json([config["data"], config["seed"], config["stages"][0], prune_settings(args), finetune])[:12]
-    stages = {s["label"]: s for s in report["stages"]}
-    folders = {label: stage_folder(run_dir, s["index"], s["type"]) for label, s in stages.items()}
-    target = resolve(args.target)
-    reference, ref_spec, _ = load_model_dir(folders["train"])
-    pruned, pruned_spec, _ = load_model_dir(folders["prune"])
-    final, _, _ = load_model_dir(folders["meal"])
-    artifacts = {a["precision"]: a["path"] for a in report["artifacts"]}
-    deploy = report["deploy"]
-    # a teacher trained by an earlier invocation is reused by MEAL: its training still counts as compression time
-    reused = sum(t["train_seconds"] or 0 for t in stages["meal"]["metrics"]["teachers"] if t.get("reused"))
-    ours_seconds = stages["prune"]["metrics"]["seconds"] + stages["meal"]["metrics"]["seconds"] + reused
-    export_seconds = report["seconds"] - sum(s["metrics"]["seconds"] for s in report["stages"] if s["status"] == "ran")
-
-    base_files, base_export = exported(reference, ref_spec, data, target, peers / "baseline")
-
-    def one_shot():
-        seed_everything(seed)
-        config = PruneStage.Config.model_validate({"type": "prune", **prune_settings(args), "schedule": {"kind": "one_shot"},
-                                                   "epochs": finetune})
-        ctx = RunContext(data=data, data_config=data_config(args), target=target, seed=seed, quiet=args.quiet, stage_name="one-shot")
-        result = PruneStage(config).run(copy.deepcopy(reference), ref_spec, ctx)
-        return result.model, result.spec
-
-    shot, shot_spec, shot_metrics = cached_model(peers / "one-shot" / "model", one_shot)
-    shot_files, shot_export = exported(shot, shot_spec, data, target, peers / "one-shot")
-    small_kwargs = scaled_reference(data, "macs", model_metrics(final, data.input_shape)["macs"])
-    small_train = reference_training(args).model_copy(update={"epochs": args.epochs + finetune})
-    small_folder = peers / f"small-dense-{'-'.join(map(str, small_kwargs['widths']))}"
-    small, small_spec, small_metrics = cached_model(small_folder / "model", lambda: train_from_scratch(
-        {"arch": REFERENCE["arch"], "kwargs": small_kwargs}, data, data_config(args), small_train, seed, args.quiet))
-    small_seconds = small_metrics["seconds"]
-    small_files, small_export = exported(small, small_spec, data, target, small_folder)
-
-    rows = [
-        Row("fp32 baseline", "baseline", reference, base_files["fp32"], "fp32", None, f"trained {args.epochs} epochs"),
-        Row("NNCF INT8 alone", "peer", reference, base_files["int8"], "int8", base_export, "post-training quantization"),
-        Row("torch-pruning one-shot", "peer", shot, shot_files["fp32"], "fp32", shot_metrics["seconds"],
-            f"{finetune} fine-tuning epochs"),
-        Row("torch-pruning one-shot + INT8", "peer", shot, shot_files["int8"], "int8", shot_metrics["seconds"] + shot_export),
-        Row("small dense from scratch", "peer", small, small_files["fp32"], "fp32", small_seconds,
-            f"widths {small_kwargs['widths']}, {args.epochs + finetune} epochs"),
-        Row("small dense + INT8", "peer", small, small_files["int8"], "int8", small_seconds + small_export),
-        Row("ours: after gradual pruning", "ours", pruned, exported(pruned, pruned_spec, data, target, work / "ours-pruned" / stages["prune"]["hash"][:12])[0]["fp32"],
-            "fp32", stages["prune"]["metrics"]["seconds"], f"{args.prune_epochs} epochs"),
-        Row("ours: after MEAL", "ours", final, artifacts["fp32"], "fp32", ours_seconds, f"{args.meal_epochs} epochs"),
-        Row(f"ours: deployable {deploy['precision']}", "ours", final, deploy["path"], deploy["precision"], ours_seconds + export_seconds,
-            "the pipeline's deploy choice"),
-    ]
-    return rows, report, config
+def split_budget(budget: int) -> tuple[int, int]:
+    """(prune epochs, MEAL epochs) of our pipeline within a budget of `budget` epochs."""
+    prune = math.ceil(budget / 2)
+    return prune, budget - prune
 
 
-def measure(rows: list[Row], data, args) -> Timings:
-    """Test accuracy (ONNX Runtime), size, cost, latency (all cores) and roofline share of every row; the timings of
-    every round and thread count."""
+def pipeline_file(args, level: float, budget: int, seed: int, reference_weights: Path, path: Path) -> dict:
+    """Our pipeline for one level, budget and seed, written as the YAML file `compress` runs: it starts from the
+    converged reference's weights and distils from them."""
+    prune_epochs, meal_epochs = split_budget(budget)
+    stages = [{"type": "prune", "name": "prune", "method": "channel", "target_macs": round(1 / level, 6), "round_to": peers.ROUND_TO,
+               **({"drop_blocks": args.drop_blocks} if args.drop_blocks else {}), "epochs": prune_epochs, **peers.FINE_TUNING}]
+    if meal_epochs:
+        stages.append({"type": "meal", "name": "meal", "teachers": [{**REFERENCE, "weights": str(reference_weights)}],
+                       "hard_label_weight": 0.5, "discriminator": {"enabled": False}, "epochs": meal_epochs, "lr": 0.02})
+    config = {"name": "e2e", "seed": seed, "model": {**REFERENCE, "weights": str(reference_weights)},
+              "data": data_config(args).model_dump(mode="json", exclude_defaults=True), "stages": stages,
+              "export": {"formats": FORMATS, "latency_runs": 5}, "target": args.target}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, yaml.safe_dump(config, sort_keys=False).encode())
+    return config
+
+
+class Bench:
+    """Trains (or reuses) every row's models and exports them; `rows()` returns the table's rows."""
+
+    def __init__(self, args, data):
+        self.args, self.data, self.target = args, data, resolve(args.target)
+        self.data_cfg = data_config(args)
+        self.reference, self.spec, self.reference_metrics, self.reference_folder = converged_reference(
+            data, self.data_cfg, reference_training(args), args.work_dir / "reference", args.quiet)
+        self.key = self.reference_folder.name  # every cached row depends on the reference
+        self.pipelines: dict[tuple, dict] = {}  # (level, budget, seed) -> our pipeline's report
+
+    def cached(self, name: str, level: float, budget: int, seed: int, settings: dict,
+               make: Callable[[], tuple]) -> tuple[torch.nn.Module, dict, dict, Path]:
+        folder = self.args.work_dir / "rows" / f"{name}-{level:g}x-E{budget}-s{seed}-{sha256_json([self.key, settings])[:10]}"
+        model, spec, metrics = cached_model(folder / "model", make)
+        return model, spec, metrics, folder
+
+    def trained_rows(self, label: str, note: str, level: float, budget: int, make: Callable[[int], tuple], settings: dict) -> list[Row]:
+        """A row for the fp32 model and one for its INT8 file, over the seeds."""
+        fp32, int8 = [], []
+        for seed in self.args.seeds:
+            model, spec, metrics, folder = self.cached(label, level, budget, seed, settings, lambda: make(seed))
+            paths, export_seconds = exported(model, spec, self.data, self.target, folder)
+            seconds = metrics["seconds"] + metrics.get("search_seconds", 0.0)
+            fp32.append(Run(seed, model, paths["fp32"], seconds))
+            int8.append(Run(seed, model, paths["int8"], seconds + export_seconds))
+        return [Row(label, "peer", level, budget, "fp32", fp32, note), Row(f"{label} + INT8", "peer", level, budget, "int8", int8)]
+
+    def fastnas(self, level: float) -> tuple[torch.nn.Module, dict, dict]:
+        """FastNAS's searched sub-network for one level (cached), before fine-tuning, and the search's metrics."""
+        folder = self.args.work_dir / "fastnas" / f"{level:g}x-{sha256_json([self.key, peers.ROUND_TO, peers.FASTNAS_SCORE_EXAMPLES])[:10]}"
+        return cached_model(folder / "model", lambda: peers.fastnas_search(self.reference, self.spec, self.data, self.data_cfg, round(1 / level, 6),
+                                                                         folder, self.args.quiet))
+
+    def ours(self, level: float, budget: int) -> list[Row]:
+        fp32, deploy = [], []
+        for seed in self.args.seeds:
+            folder = self.args.work_dir / "ours" / f"{level:g}x-E{budget}-s{seed}-{self.key[-8:]}"
+            config = pipeline_file(self.args, level, budget, seed, (self.reference_folder / WEIGHTS).resolve(), folder / "e2e.yaml")
+            report = run_pipeline(folder / "e2e.yaml", run_dir=folder / "run", quiet=self.args.quiet)
+            self.pipelines[level, budget, seed] = {"report": report, "config": config}
+            last = report["stages"][-1]
+            model, _, _ = load_model_dir(stage_folder(folder / "run", last["index"], last["type"]))
+            artifacts = {a["precision"]: a["path"] for a in report["artifacts"]}
+            stage_seconds = sum(s["metrics"]["seconds"] for s in report["stages"])
+            fp32.append(Run(seed, model, artifacts["fp32"], stage_seconds))
+            deploy.append(Run(seed, model, report["deploy"]["path"], report["seconds"]))
+        prune_epochs, meal_epochs = split_budget(budget)
+        note = f"prune {prune_epochs} + MEAL {meal_epochs} epochs" if meal_epochs else f"prune {prune_epochs} epochs"
+        precision = report["deploy"]["precision"]
+        return [Row("ours, fp32", "ours", level, budget, "fp32", fp32, note),
+                Row(f"ours: deployable {precision}", "ours", level, budget, precision, deploy, "the pipeline's deploy choice")]
+
+    def rows(self) -> tuple[list[Row], dict[str, str]]:
+        """Every row, and the methods that could not run ({method: why})."""
+        args, data, cfg = self.args, self.data, self.data_cfg
+        files, export_seconds = exported(self.reference, self.spec, data, self.target, self.args.work_dir / "reference-export")
+        rows = [Row("fp32 reference", "reference", None, None, "fp32", [Run(0, self.reference, files["fp32"], None)],
+                    f"trained {args.reference_epochs} epochs with augmentation"),
+                Row("NNCF INT8 alone", "peer", None, None, "int8", [Run(0, self.reference, files["int8"], export_seconds)],
+                    "post-training quantization")]
+        skipped = {}
+        if "fastnas" in args.methods and (why := peers.fastnas_available()):
+            skipped["fastnas"] = why
+        for level in args.levels:
+            macs = round(1 / level, 6)
+            small = {"arch": REFERENCE["arch"], "kwargs": scaled_reference(data, "macs", macs * model_metrics(self.reference, data.input_shape)["macs"])}
+            for budget in args.budgets:
+                if "ours" in args.methods:
+                    rows += self.ours(level, budget)
+                if "one-shot" in args.methods:
+                    rows += self.trained_rows("torch-pruning one-shot", f"{budget} fine-tuning epochs", level, budget, lambda seed: peers.one_shot(
+                        self.reference, self.spec, data, cfg, macs, budget, seed, self.target, args.quiet), {"macs": macs, **peers.FINE_TUNING})
+                if "iterative" in args.methods:
+                    rows += self.trained_rows("torch-pruning iterative", f"MagnitudePruner, {peers.ITERATIVE_STEPS} steps in {budget} epochs",
+                                              level, budget, lambda seed: peers.iterative(self.reference, self.spec, data, cfg, macs, budget, seed, args.quiet),
+                                              {"macs": macs, "steps": peers.ITERATIVE_STEPS, **peers.FINE_TUNING})
+                if "fastnas" in args.methods and "fastnas" not in skipped:
+                    searched, searched_spec, search = self.fastnas(level)
+                    rows += self.trained_rows("Model Optimizer FastNAS", f"search once per level ({search['seconds']:.0f} s, in the time), "
+                                              f"{budget} fine-tuning epochs", level, budget, lambda seed: (*peers.fine_tuned(
+                                                  searched, searched_spec, data, cfg, budget, seed, "fastnas", args.quiet), {"search_seconds": search["seconds"]}),
+                                              {"macs": macs, **peers.FINE_TUNING})
+                if "small" in args.methods:
+                    train = TrainConfig(epochs=budget, lr=0.1, warmup_epochs=0.3)
+                    rows += self.trained_rows("small dense from scratch", f"widths {small['kwargs']['widths']}, {budget} epochs", level, budget,
+                                              lambda seed: train_from_scratch(small, data, cfg, train, seed, args.quiet), {"small": small, **train.model_dump()})
+            if "small-full" in args.methods:
+                train, augmented = reference_training(args), cfg.model_copy(update={"augment": True})
+                rows += self.trained_rows("small dense, the reference's budget", f"widths {small['kwargs']['widths']}, {train.epochs} epochs, "
+                                          "augmentation", level, train.epochs, lambda seed: train_from_scratch(small, data, augmented, train, seed, args.quiet),
+                                          {"small": small, "augmented": True, **train.model_dump()})
+        return rows, skipped
+
+
+def measure(rows: list[Row], data, args, peaks: dict[str, float]) -> Timings:
+    """Test accuracy (ONNX Runtime), size, cost, latency and roofline share (at the measured peaks) of every run."""
     host = resolve("host")
-    timing = latencies({r.name: r.onnx for r in rows}, data, args.runs, args.rounds)
-    for r in rows:
-        logits = run_session(ort_session(Path(r.onnx)), data.test.x, 512)
-        metrics = model_metrics(r.model, data.input_shape)
-        compute, memory = peak_terms_ms(layer_costs(r.model, data.input_shape), r.precision, host, batch=32)
-        r.measured = {"accuracy": float((logits.argmax(1) == data.test.y).float().mean()), "params": metrics["params"],
-                      "macs": metrics["macs"], "size": Path(r.onnx).stat().st_size, "b1": timing.median(r.name, 1),
-                      "b32": timing.median(r.name, 32), "roofline": max(compute, memory) / timing.median(r.name, 32)}
+    measured_host = host.model_copy(update={"peak_tops": {**host.peak_tops, **peaks}})
+    files = {f"{row.key} s{run.seed}": run.onnx for row in rows for run in row.runs}
+    timing = latencies(files, data, args.runs, args.rounds)
+    for row in rows:
+        for run in row.runs:
+            name = f"{row.key} s{run.seed}"
+            logits = run_session(ort_session(Path(run.onnx)), data.test.x, 512)
+            metrics = model_metrics(run.model, data.input_shape)
+            compute, memory = peak_terms_ms(layer_costs(run.model, data.input_shape), row.precision, measured_host, batch=32)
+            run.measured = {"accuracy": 100 * float((logits.argmax(1) == data.test.y).float().mean()), "params": metrics["params"],
+                            "macs": metrics["macs"], "size": Path(run.onnx).stat().st_size, "b1": timing.median(name, 1),
+                            "b32": timing.median(name, 32), "roofline": max(compute, memory) / timing.median(name, 32)}
     return timing
 
 
-def markdown(args, rows: list[Row], timing: Timings, report: dict, config: dict, data, wall: float) -> str:
-    base, final = rows[0].measured, rows[-1].measured
-    host = resolve("host")
+def speedups(timing: Timings, reference: Row, row: Row, batch: int, threads: int = THREADS[-1]) -> dict[str, float]:
+    """The reference's time over the row's, per round and seed: median, min and max."""
+    ratios = [s / f for run in row.runs
+              for s, f in zip(timing.rounds[f"{reference.key} s0"][threads][batch], timing.rounds[f"{row.key} s{run.seed}"][threads][batch])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def ratio_cell(r: dict[str, float]) -> str:
+    return f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def accuracy_cell(row: Row) -> str:
+    return f"{row.mean('accuracy'):.2f} ± {row.std('accuracy'):.2f}" if len(row.runs) > 1 else f"{row.mean('accuracy'):.2f}"
+
+
+def ahead(ours: Row, peer: Row) -> dict[str, bool]:
+    """Per batch size, whether our artifact is ahead of a peer on the accuracy-latency plane: higher mean accuracy beyond
+    the seed spread (the sum of both standard deviations) at equal or lower latency."""
+    gap, spread = ours.mean("accuracy") - peer.mean("accuracy"), ours.std("accuracy") + peer.std("accuracy")
+    return {batch: gap > spread and peer.median(batch) / ours.median(batch) >= 1 - SAME_LATENCY for batch in ("b1", "b32")}
+
+
+def verdict(ours: Row, peer: Row) -> str:
+    gap, spread = ours.mean("accuracy") - peer.mean("accuracy"), ours.std("accuracy") + peer.std("accuracy")
+    return f"{gap:+.2f} points (spread {spread:.2f}); " + "; ".join(
+        f"{batch} {'ahead' if is_ahead else 'not ahead'} ({peer.median(batch) / ours.median(batch):.2f}x its speed)"
+        for batch, is_ahead in ahead(ours, peer).items())
+
+
+def goals(rows: list[Row], timing: Timings) -> tuple[list[str], dict[str, bool]]:
+    """Lines on our deployable artifact per level and budget against the issue's goals, and whether each goal held."""
+    reference = rows[0]
+    lines, held = [], {"b32": True, "b1": True, "accuracy": True, "ahead": True}
+    for ours in (r for r in rows if r.group == "ours" and r.name.startswith("ours: deployable")):
+        b32, b1 = (speedups(timing, reference, ours, b) for b in (32, 1))
+        fast, small = b32["median"], b1["median"]
+        one_thread = speedups(timing, reference, ours, 32, THREADS[0])
+        drop = reference.mean("accuracy") - ours.mean("accuracy")
+        competitors = [r for r in rows if r.group == "peer" and (r.level is None or (r.level == ours.level and (r.budget == ours.budget
+                                                                                                                  or "reference's budget" in r.name)))]
+        beaten = [r for r in competitors if all(ahead(ours, r).values())]
+        held["b32"] &= fast >= 12
+        held["b1"] &= small >= 3
+        held["accuracy"] &= drop <= 1.0
+        held["ahead"] &= len(beaten) == len(competitors)
+        lines += [f"- **1/{ours.level:g} of the MACs, E = {ours.budget}** ({ours.name}, {accuracy_cell(ours)}%):",
+                  f"  - batch 32: {ratio_cell(b32)} faster than the fp32 reference at {THREADS[-1]} threads ({ratio_cell(one_thread)} at "
+                  f"{THREADS[0]}) (goal at least 12x): {'met' if fast >= 12 else f'missed by {12 - fast:.2f}x'}",
+                  f"  - batch 1: {ratio_cell(b1)} (goal at least 3x): {'met' if small >= 3 else f'missed by {3 - small:.2f}x'}",
+                  f"  - accuracy: {-drop:+.2f} points against the reference (goal: at most 1.0 below): {'met' if drop <= 1 else 'missed'}",
+                  f"  - ahead of {len(beaten)} of {len(competitors)} peers at both batch sizes:"]
+        lines += [f"    - vs {r.key}: {verdict(ours, r)}" for r in competitors]
+    return lines, held
+
+
+def markdown(args, rows: list[Row], skipped: dict[str, str], timing: Timings, bench: Bench, peaks: dict, data, wall: float) -> str:
+    reference = rows[0]
+    curve = bench.reference_metrics["curve"]
+    shown_epochs = sorted({1, *range(5, len(curve) + 1, 5), len(curve)})
     lines = [
-        "## End to end: the pipeline against each peer (`bench/e2e.py`)", "",
+        "## End to end: a converged model compressed by every method on the same budget (`bench/e2e.py`)", "",
         f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}: {len(data.train):,} train / {len(data.val):,} val "
-        f"/ {len(data.test):,} test; accuracy is top-1 on test, computed by ONNX Runtime on each file. One run, seed "
-        f"{args.seeds[0]}. Reference {REFERENCE['arch']} {REFERENCE['kwargs']} trained {args.epochs} epochs. Latency: ONNX Runtime "
-        f"CPU, each round's p50 of {args.runs} runs, median (min-max) over {args.rounds} alternating rounds over all files and "
-        f"both thread settings ({' and '.join(map(str, THREADS))} intra-op threads); speed-ups are the median (min-max) of "
-        f"the per-round ratios; 'ahead' verdicts, roofline and plot use the {THREADS[-1]}-thread medians. Roofline: the b32 time at "
-        f"this CPU's nominal peak ({host.description}; fp32 {host.peak_tops['fp32']} TOPS, int8 {host.peak_tops['int8']} TOPS, "
-        f"{host.memory_bandwidth_gbps:g} GB/s) over the measured time. Time: wall time of the compression itself (prune and "
-        f"MEAL stages, their teachers included, and export; for the small dense model its training).", "",
-        "| row | test acc | Δ pts | params | MACs | file | " + " | ".join(f"b{b} ms, {t} thr" for b in (1, 32) for t in THREADS)
-        + " | " + " | ".join(f"speed-up b{b}, {t} thr" for b in (1, 32) for t in THREADS) + " | time | roofline b32 | note |",
-        "|---|---|---|---|---|---|" + "---|" * (4 * len(THREADS)) + "---|---|---|",
+        f"/ {len(data.test):,} test; accuracy is top-1 on test in percent, computed by ONNX Runtime on each file, mean ± "
+        f"sample standard deviation over seeds {', '.join(map(str, args.seeds))}. The reference {REFERENCE['arch']} "
+        f"{REFERENCE['kwargs']} was trained once ({args.reference_epochs} epochs, SGD lr 0.1, cosine, 2-pixel shifts; "
+        f"{bench.reference_metrics['seconds'] / 60:.0f} minutes, not counted below) and every row starts from it. "
+        f"Budgets: every training row gets E epochs (fine-tuning lr 0.05, no augmentation). Latency: ONNX Runtime CPU at "
+        f"{THREADS[-1]} intra-op threads, each round's p50 of {args.runs} runs, median over {args.rounds} alternating "
+        f"rounds and the seeds' files; speed-ups are the median (min-max) of per-round ratios against the reference. "
+        f"Roofline: the batch-32 time at this machine's measured GEMM peak (fp32 {peaks['fp32']:.3f} TOPS, int8 "
+        f"{peaks['int8']:.3f} TOPS, ONNX Runtime MatMul / MatMulInteger, {THREADS[-1]} threads) over the measured time. "
+        f"Time: median wall seconds per seed of the compression (training and export).", "",
+        "Reference validation accuracy by epoch: " + ", ".join(f"{e}: {100 * curve[e - 1]['val_accuracy']:.2f}" for e in shown_epochs) + ".", "",
+        "| row | MACs | E | test acc | per seed | Δ pts | params | b1 ms | b32 ms | speed-up b1 | speed-up b32 | time | roofline b32 | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        m = r.measured
-        seconds = "" if r.seconds is None else f"{r.seconds:.0f} s"
-        lines.append(f"| {r.name} | {m['accuracy']:.2%} | {100 * (m['accuracy'] - base['accuracy']):+.2f} | {m['params']:,} | "
-                     f"{m['macs'] / 1e6:.2f}M | {m['size'] / 1e3:.0f} kB | "
-                     + " | ".join(timing.cell(r.name, b, t) for b in (1, 32) for t in THREADS) + " | "
-                     + " | ".join(timing.speedup_cell(rows[0].name, r.name, b, t) for b in (1, 32) for t in THREADS)
-                     + f" | {seconds} | {m['roofline']:.1%} | {r.note} |")
-    drop = 100 * (base["accuracy"] - final["accuracy"])
-    ratio = {b: timing.speedup(rows[0].name, rows[-1].name, b) for b in (1, 32)}
-    b1, b32 = ratio[1]["median"], ratio[32]["median"]
-    spread = lambda b: "; ".join(f"{t} thread(s) {timing.speedup_cell(rows[0].name, rows[-1].name, b, t)}" for t in THREADS)  # noqa: E731
+    for row in rows:
+        share = row.median("macs") / reference.median("macs")
+        seconds = "" if row.runs[0].seconds is None else f"{statistics.median(r.seconds for r in row.runs):.0f} s"
+        lines.append(f"| {row.name} | {share:.1%} | {row.budget or ''} | {accuracy_cell(row)} | {', '.join(f'{v:.2f}' for v in row.values('accuracy'))} | "
+                     f"{row.mean('accuracy') - reference.mean('accuracy'):+.2f} | {int(row.median('params')):,} | {row.median('b1'):.3f} | "
+                     f"{row.median('b32'):.3f} | {ratio_cell(speedups(timing, reference, row, 1))} | {ratio_cell(speedups(timing, reference, row, 32))} | "
+                     f"{seconds} | {statistics.median(row.values('roofline')):.1%} | {row.note} |")
+    for method, why in skipped.items():
+        lines.append(f"| {method}: not run | | | | | | | | | | | | | {why} |")
+    goal_lines, held = goals(rows, timing)
     plot_link = os.path.relpath(args.plot, args.out.parent)
-    lines += ["", f"![accuracy against batch-32 latency]({plot_link})", "", "Goals for our deployable artifact:",
-              f"- batch 32: {b32:.2f}x faster than the fp32 baseline at {THREADS[-1]} threads, median of the rounds "
-              f"({spread(32)}) (goal 12x, at least 8x): "
-              f"{'met' if b32 >= 12 else 'at least 8x met' if b32 >= 8 else f'missed by {8 - b32:.2f}x'}",
-              f"- batch 1: {b1:.2f}x ({spread(1)}) (goal at least 3x): {'met' if b1 >= 3 else f'missed by {3 - b1:.2f}x'}",
-              f"- accuracy: {-drop:+.2f} points against the baseline (goal: at most 1.0 below): {'met' if drop <= 1 else 'missed'}",
-              f"- against each peer ('ahead': higher test accuracy at equal or lower latency, latencies within "
-              f"{SAME_LATENCY:.0%} counting as equal; one seed, so gaps of a few tenths of a point are within noise):"]
-    for r in rows[1:-1]:
-        if r.group != "peer":
-            continue
-        lines.append(f"  - vs {r.name}: {verdict(rows[-1].measured, r.measured)}")
-    runtime = report["deploy"].get("runtime") or {}
-    lines += ["", f"Runtime setting the pipeline recorded for its deployable file on {report['deploy']['target']}: "
-                  f"{(runtime.get('setting') or {}).get('label', 'the runtime defaults')} ({runtime.get('source', 'not recorded')}: "
-                  f"{runtime.get('reason', '')})."]
-    stages = ", ".join(f"{s['label']} {s['metrics']['seconds']:.0f} s" for s in report["stages"])
-    lines += ["", f"Our pipeline as `compress` ran it (stage times: {stages}; a MEAL teacher trained by an earlier invocation "
-              f"is reused, and its training time is added to the table's time column):", "",
-              "```yaml",
-              yaml.safe_dump(relative_paths(config), sort_keys=False).rstrip(), "```", "",
-              f"Wall time of this invocation {wall / 60:.1f} minutes (work cached by an earlier one is reused). "
-              f"{machine_line(command_line())}"]
+    lines += ["", f"![accuracy against batch-32 latency]({plot_link})", "", "Goals for our deployable artifact ('ahead': higher mean "
+              f"accuracy beyond the seed spread at equal or lower latency, latencies within {SAME_LATENCY:.0%} counting as equal):", *goal_lines,
+              "", "Summary: " + "; ".join(f"{goal} {'met' if ok else 'missed'}" for goal, ok in held.items()) + "."]
+    first = next(iter(bench.pipelines.values()), None)
+    if first:
+        lines += ["", "Our pipeline as `compress` ran it (the first level, budget and seed; the others differ in `seed`, "
+                      "`target_macs` and the epochs):", "", "```yaml", yaml.safe_dump(relative_paths(first["config"]), sort_keys=False).rstrip(), "```"]
+    lines += ["", f"Wall time of this invocation {wall / 60:.1f} minutes (work cached by an earlier one is reused). {machine_line(command_line())}"]
     return "\n".join(lines)
 
 
-def relative_paths(config: dict) -> dict:
-    """The pipeline as the docs quote it: the data folder relative to the repository, not this machine's path."""
-    root = config.get("data", {}).get("root")
-    if not root:
-        return config
-    path = Path(root)
-    shown = os.path.relpath(path, REPO) if path.is_absolute() else root
-    return {**config, "data": {**config["data"], "root": shown}}
-
-
-SAME_LATENCY = 0.05  # latencies within 5% count as equal: one architecture timed twice differs by that much here
-
-
-def verdict(ours: dict, peer: dict) -> str:
-    """Where our artifact stands against a peer on the accuracy-latency plane, at both batch sizes: ahead means higher
-    accuracy at equal or lower latency."""
-    gap = 100 * (ours["accuracy"] - peer["accuracy"])
-    parts = []
-    for batch in ("b1", "b32"):
-        faster = peer[batch] / ours[batch]
-        ahead = gap > 0 and faster >= 1 - SAME_LATENCY
-        parts.append(f"{batch} {'ahead' if ahead else 'not ahead'} ({gap:+.2f} points, {faster:.2f}x its speed)")
-    return "; ".join(parts)
+def relative_paths(value):
+    """The pipeline as the docs quote it: every absolute path made relative to the repository."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.relpath(value, REPO)
+    return value
 
 
 def plot(rows: list[Row]) -> str:
-    points = [Point(label=r.name, x=r.measured["b32"], y=r.measured["accuracy"], group="main" if r.group == "ours" else "variant")
-              for r in rows]
+    points = [Point(label=row.key, x=row.median("b32"), y=row.mean("accuracy") / 100, group="main" if row.group == "ours" else "variant")
+              for row in rows]
     chart = pareto_svg(points, "Test accuracy against ONNX Runtime latency at batch 32", "p50 latency at batch 32 (ms)", "num", ms)
     return chart.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1)  # a file of its own needs the namespace
 
@@ -303,12 +395,14 @@ def plot(rows: list[Row]) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    data = load_data(data_config(args), args.seeds[0])
-    rows, report, config = build_rows(args, data)
-    timing = measure(rows, data, args)
+    data = load_data(data_config(args), 0)
+    bench = Bench(args, data)
+    rows, skipped = bench.rows()
+    peaks = gemm_peaks(THREADS[-1])
+    timing = measure(rows, data, args, peaks)
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.plot, plot(rows).encode())
-    print(write_section(args.out, "e2e", markdown(args, rows, timing, report, config, data, time.perf_counter() - start)))
+    print(write_section(args.out, "e2e", markdown(args, rows, skipped, timing, bench, peaks, data, time.perf_counter() - start)))
 
 
 if __name__ == "__main__":

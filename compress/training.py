@@ -48,7 +48,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: "RunContext", *, loss_fn: Optional[LossFn] = None,
                  step_fn: Optional[StepFn] = None, callbacks: Sequence[Callback] = ()):
-        self.model, self.cfg, self.ctx = model.to(ctx.device), cfg, ctx
+        layout = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.model, self.cfg, self.ctx = model.to(ctx.device, memory_format=layout), cfg, ctx
         self.data, self.device, self.name = ctx.data, ctx.device, ctx.stage_name
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn or (lambda logits, batch: nn.functional.cross_entropy(logits, batch.y, label_smoothing=cfg.label_smoothing))
@@ -96,6 +97,8 @@ class Trainer:
             self.call("on_epoch_end", epoch, metrics)
             self.ctx.log(f"[{self.name}] epoch {epoch + 1}/{self.cfg.epochs}  loss {train['loss']:.4f}  "
                      f"acc {train['accuracy']:.2%}  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.2%}")
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)  # what checkpoints, pruning and export expect
         self.call("on_fit_end")
         return self.history
 
@@ -106,6 +109,8 @@ class Trainer:
                    disable=self.ctx.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
         for batch in bar:
             batch = Batch(*(t.to(self.device) for t in batch))
+            if self.cfg.channels_last and batch.x.dim() == 4:
+                batch = batch._replace(x=batch.x.contiguous(memory_format=torch.channels_last))
             self.call("on_batch_start", batch)
             loss, logits = self.step_fn(self.forward, batch)
             if not all_reduce([float(torch.isfinite(loss))], self.dist, "min")[0]:  # every rank stops together

@@ -466,6 +466,8 @@ def test_errors_that_need_the_model_come_before_training(ctx, spec, keys, words)
      lambda report, m: m["macs_ratio"] <= 0.3 and kinds(report["model"]) == ["resize", "drop"] and m["dropped_blocks"] == ["blocks.0"]
      and report["artifacts"][0]["status"] == "ok"),
     ({"method": "nm"}, lambda report, m: m["sparsity_pattern"] == report["model"]["sparsity"]["pattern"] == "2:4"),
+    ({"method": "channel", "target_macs": 0.3, "drop_blocks": 1, "channels_last": True},  # pruned while training in NHWC
+     lambda report, m: m["macs_ratio"] <= 0.3 and report["artifacts"][0]["status"] == "ok"),
 ])
 def test_train_then_prune_through_the_cli(write_pipeline, tmp_path, prune, check):
     stages = [{"type": "train", "epochs": 1, "lr": 0.05},

@@ -107,3 +107,23 @@ def test_a_step_function_runs_several_forward_passes_per_batch(ctx):
     assert len(batches) == steps and sum(batches) == 3 * 256
     assert len(calls) == 2 * steps + 3  # two per step, one per epoch's validation pass (one batch of 256)
     assert history[-1]["train_loss"] < history[0]["train_loss"] and 0 < history[-1]["train_accuracy"] <= 1
+
+
+def test_channels_last_trains_in_nhwc_and_returns_the_default_layout(ctx):
+    runs = []
+    for channels_last in (False, True):
+        model = small_model()
+        seen = []
+
+        class Layout(Callback):
+            def on_batch_start(self, trainer, batch):
+                wide = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1][0]
+                seen.append(batch.x.is_contiguous(memory_format=torch.channels_last)
+                            and wide.is_contiguous(memory_format=torch.channels_last) and not wide.is_contiguous())
+
+        history = Trainer(model, TrainConfig(epochs=1, channels_last=channels_last), ctx, callbacks=[Layout()]).fit()
+        assert set(seen) == {channels_last}  # weights (and batches) were NHWC exactly when asked
+        assert all(p.is_contiguous() for p in model.parameters())  # what checkpoints and export expect
+        runs.append((history[-1]["train_loss"], torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-3)  # the same training, up to the kernels' rounding
+    assert torch.allclose(runs[0][1], runs[1][1], atol=1e-3)
