@@ -207,9 +207,10 @@ class Bench:
             last = report["stages"][-1]
             model, _, _ = load_model_dir(stage_folder(folder / "run", last["index"], last["type"]))
             artifacts = {a["precision"]: a["path"] for a in report["artifacts"]}
-            stage_seconds = sum(s["metrics"]["seconds"] for s in report["stages"])
+            stage_seconds = sum(s["metrics"]["seconds"] for s in report["stages"])  # recorded when each stage ran
+            export_seconds = report["seconds"] - sum(s["metrics"]["seconds"] for s in report["stages"] if s["status"] == "ran")
             fp32.append(Run(seed, model, artifacts["fp32"], stage_seconds))
-            deploy.append(Run(seed, model, report["deploy"]["path"], report["seconds"]))
+            deploy.append(Run(seed, model, report["deploy"]["path"], stage_seconds + export_seconds))
         prune_epochs, meal_epochs = split_budget(budget)
         note = f"prune {prune_epochs} + MEAL {meal_epochs} epochs" if meal_epochs else f"prune {prune_epochs} epochs"
         precision = report["deploy"]["precision"]
@@ -355,7 +356,7 @@ def markdown(args, rows: list[Row], skipped: dict[str, str], timing: Timings, be
     for row in rows:
         share = row.median("macs") / reference.median("macs")
         seconds = "" if row.runs[0].seconds is None else f"{statistics.median(r.seconds for r in row.runs):.0f} s"
-        lines.append(f"| {row.name} | {share:.1%} | {row.budget or ''} | {accuracy_cell(row)} | {', '.join(f'{v:.2f}' for v in row.values('accuracy'))} | "
+        lines.append(f"| {row.name} | {row.median('macs') / 1e6:.2f}M ({share:.1%}) | {row.budget or ''} | {accuracy_cell(row)} | {', '.join(f'{v:.2f}' for v in row.values('accuracy'))} | "
                      f"{row.mean('accuracy') - reference.mean('accuracy'):+.2f} | {int(row.median('params')):,} | {row.median('b1'):.3f} | "
                      f"{row.median('b32'):.3f} | {ratio_cell(speedups(timing, reference, row, 1))} | {ratio_cell(speedups(timing, reference, row, 32))} | "
                      f"{seconds} | {statistics.median(row.values('roofline')):.1%} | {row.note} |")

@@ -107,9 +107,9 @@ def e2e_points() -> list[Point]:
     text = (REPO / "docs" / "benchmarks.md").read_text()
     section = text.split("<!-- bench:e2e:start -->")[-1].split("<!-- bench:e2e:end -->")[0]
     points = []
-    for row in re.findall(r"^\| (torch-pruning one-shot|small dense from scratch|ours: after MEAL) \| ([\d.]+)% \|[^|]*\|[^|]*\| "
-                          r"([\d.]+)M \|", section, re.M):
-        points.append(Point(f"e2e: {row[0]}", float(row[2]) * 1e6, float(row[1]) / 100, group="variant"))
+    for name, macs, budget, accuracy in re.findall(r"^\| (torch-pruning one-shot|small dense from scratch|ours, fp32) \| ([\d.]+)M "
+                                                   r"\([^)]*\) \| (\d+) \| ([\d.]+)", section, re.M):
+        points.append(Point(f"e2e: {name}, E={budget}", float(macs) * 1e6, float(accuracy) / 100, group="variant"))
     return points
 
 
