@@ -193,7 +193,7 @@ def mutated(base: dict, draw) -> dict:
     return config
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_generated_pipelines_load_or_fail_with_a_compress_error(data, tmp_path):
     base = tiny_pipeline(stages=[{"type": "train", "epochs": 1},
