@@ -292,15 +292,20 @@ def accuracy_cell(row: Row) -> str:
     return f"{row.mean('accuracy'):.2f} ± {row.std('accuracy'):.2f}" if len(row.runs) > 1 else f"{row.mean('accuracy'):.2f}"
 
 
+def gap_and_spread(ours: Row, peer: Row) -> tuple[float, float]:
+    """Our mean accuracy minus the peer's, and the seed spread it must exceed (the sum of both standard deviations)."""
+    return ours.mean("accuracy") - peer.mean("accuracy"), ours.std("accuracy") + peer.std("accuracy")
+
+
 def ahead(ours: Row, peer: Row) -> dict[str, bool]:
     """Per batch size, whether our artifact is ahead of a peer on the accuracy-latency plane: higher mean accuracy beyond
-    the seed spread (the sum of both standard deviations) at equal or lower latency."""
-    gap, spread = ours.mean("accuracy") - peer.mean("accuracy"), ours.std("accuracy") + peer.std("accuracy")
+    the seed spread at equal or lower latency."""
+    gap, spread = gap_and_spread(ours, peer)
     return {batch: gap > spread and peer.median(batch) / ours.median(batch) >= 1 - SAME_LATENCY for batch in ("b1", "b32")}
 
 
 def verdict(ours: Row, peer: Row) -> str:
-    gap, spread = ours.mean("accuracy") - peer.mean("accuracy"), ours.std("accuracy") + peer.std("accuracy")
+    gap, spread = gap_and_spread(ours, peer)
     return f"{gap:+.2f} points (spread {spread:.2f}); " + "; ".join(
         f"{batch} {'ahead' if is_ahead else 'not ahead'} ({peer.median(batch) / ours.median(batch):.2f}x its speed)"
         for batch, is_ahead in ahead(ours, peer).items())
