@@ -66,7 +66,7 @@ def cut_family(supernet: Supernet, grid: list[SubNet], ctx: RunContext, bn_batch
 
 def host_latency_ms(model: nn.Module, ctx: RunContext, path: Path) -> float:
     """Median batch-1 latency of `model` as fp32 ONNX in ONNX Runtime on this machine (the model stays on its device)."""
-    latency = onnx_latency(model, ctx.data.val.x[:8].cpu(), path, [1], runs=30)["latency_ms"]["1"]
+    latency = onnx_latency(model, ctx.data.val.x[:8].cpu(), path, [1], runs=100)["latency_ms"]["1"]
     model.to(ctx.device)
     return latency
 
