@@ -151,10 +151,11 @@ class MambaPkdStage(Stage):
         import torch
 
         from ..methods.budget import goal_for, latency_goal
-        from ..methods.distill.chain import best_subset, choose_primary, member_probs, mixture_accuracy, train_chain, whole
+        from ..methods.distill.chain import (best_subset, choose_primary, ensemble_model, member_probs, mixture_accuracy,
+                                             train_chain, whole)
         from ..methods.measure import onnx_latency
         from ..metrics import count_macs
-        from ..models import build_model, make_spec
+        from ..models import build_model
         from ..training import evaluate
 
         cfg, shape, val = self.config, ctx.data.input_shape, ctx.data.val
@@ -177,11 +178,7 @@ class MambaPkdStage(Stage):
             if choice is None:
                 ctx.log(f"[{ctx.stage_name}] no student fits the ensemble budget; no ensemble variant")
             else:
-                ensemble_spec = make_spec("mamba_ensemble", spec.in_channels, spec.num_classes,
-                                          {"members": [specs[i].kwargs for i in choice.members], "weights": choice.weights})
-                ensemble = build_model(ensemble_spec)
-                for member, i in zip(ensemble.members, choice.members):
-                    member.load_state_dict(students[i].state_dict())
+                ensemble, ensemble_spec = ensemble_model(students, specs, choice, spec.in_channels, spec.num_classes)
                 family["ensemble"] = Variant(ensemble, ensemble_spec, {"members": [f"student-{i + 1}" for i in choice.members],
                                                                      "weights": choice.weights, "budget_cost": choice.cost})
             uniform = torch.full((len(students),), 1 / len(students))

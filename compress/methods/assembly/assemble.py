@@ -66,6 +66,15 @@ class Factory:
         """Whether the built model of `choice` is within the scenario's budget."""
         return self.cost(self.build(choice, scenario.classes)[0], scenario) <= scenario.value
 
+    def estimate(self, choice: Choice, scenario: Scenario) -> float:
+        """The scenario's budget measure of `choice` from its masks alone, without extracting it: the mask costs
+        count what `cost` counts on the extracted model, except the head cut to a class subset and, for size,
+        biases and BatchNorm's parameters."""
+        terms = self.net.costs.terms(*self.net.masks_of(choice))
+        if scenario.kind == "macs":
+            return float(terms["macs"] / self.full_terms["macs"])
+        return float(self.net.costs.cost(scenario.kind, terms, scenario.target))
+
     def relative(self, scenario: Scenario) -> float:
         """The scenario's budget as a share of the full supernet's cost in the same measure."""
         if scenario.kind == "macs":
@@ -110,7 +119,8 @@ def assemble(factory: Factory, scenario: Scenario, calibration: Split, bn_batche
     relative = factory.relative(scenario)
     choice = factory.generator.choice(context, relative)
     seconds["generate"], started = time.perf_counter() - started, time.perf_counter()
-    fitted, repaired = fit_budget(factory, context, lambda c: factory.fits(c, scenario))
+    fitted, repaired = fit_budget(factory, context, lambda c: factory.fits(c, scenario),
+                                  lambda c: factory.estimate(c, scenario) <= scenario.value)
     repaired = "" if fitted == choice else repaired
     seconds["repair"], started = time.perf_counter() - started, time.perf_counter()
     model, transforms = factory.build(fitted, scenario.classes)
@@ -119,26 +129,41 @@ def assemble(factory: Factory, scenario: Scenario, calibration: Split, bn_batche
     return Assembly(fitted, model, transforms, factory.cost(model, scenario), repaired, seconds)
 
 
-def fit_budget(factory: Factory, context: torch.Tensor, fits: Callable[[Choice], bool]) -> tuple[Choice, str]:
+def fit_budget(factory: Factory, context: torch.Tensor, fits: Callable[[Choice], bool],
+               roughly_fits: Optional[Callable[[Choice], bool]] = None) -> tuple[Choice, str]:
     """The generator's choice for the largest budget input on a fixed grid whose extracted model's real cost fits:
     the generator decides where the modules go, the real cost decides how many (its own cost estimate may leave
     budget unused, or overshoot it). When no grid point fits, the smallest one's choice shrunk greedily, least wanted
     module first. A bigger budget never gives a smaller model: the generator keeps more modules for a bigger input,
-    and the grid does not depend on the budget."""
+    and the grid does not depend on the budget. `roughly_fits`, a cheap estimate of `fits`, finds the grid point
+    first; the real cost then confirms it (two extractions where the estimate is right) or bisects from there."""
     generator = factory.generator
     if fits(factory.net.largest):
         return factory.net.largest, "budget input"
-    low, high = 0, len(GRID)  # bisection for the first grid point that does not fit (fitting is monotone)
-    while low < high:
-        mid = (low + high) // 2
-        if fits(generator.choice(context, GRID[mid])):
-            low = mid + 1
-        else:
-            high = mid
+    fits_at = lambda i: fits(generator.choice(context, GRID[i]))  # noqa: E731
+    low = first_over(fits_at, 0, len(GRID)) if roughly_fits is None else \
+        confirmed(fits_at, first_over(lambda i: roughly_fits(generator.choice(context, GRID[i])), 0, len(GRID)))
     if low:
         return generator.choice(context, GRID[low - 1]), "budget input"
     wanted = generator.logits(context, GRID[0])  # the greedy repair drops the least wanted module first
     return greedy_repair(generator.choice(context, GRID[0]), fits, lambda c: least_wanted(c, wanted, generator)), "greedy"
+
+
+def first_over(fits_at: Callable[[int], bool], low: int, high: int) -> int:
+    """The first grid index in [low, high) that does not fit (`high` when all do), by bisection: fitting is monotone."""
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if fits_at(mid) else (low, mid)
+    return low
+
+
+def confirmed(fits_at: Callable[[int], bool], guess: int) -> int:
+    """`first_over` of the real `fits_at` over the whole grid, starting from an estimate's answer `guess`."""
+    if guess and not fits_at(guess - 1):
+        return first_over(fits_at, 0, guess - 1)
+    if guess < len(GRID) and fits_at(guess):
+        return first_over(fits_at, guess + 1, len(GRID))
+    return guess
 
 
 def least_wanted(choice: Choice, wanted: torch.Tensor, generator: Generator) -> Optional[tuple[str, int]]:

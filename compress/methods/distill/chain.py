@@ -92,6 +92,19 @@ def whole(probs: torch.Tensor, labels: torch.Tensor, fitted: bool) -> Choice:
     return Choice(tuple(range(len(probs))), weights.tolist(), mixture_accuracy(probs, weights, labels), 0.0)
 
 
+def ensemble_model(students: Sequence[nn.Module], specs: Sequence, choice: Choice, in_channels: int,
+                   num_classes: int) -> tuple[nn.Module, object]:
+    """The `mamba_ensemble` of `choice`'s students with their trained weights, and its spec (which rebuilds it)."""
+    from ...models import build_model, make_spec
+
+    spec = make_spec("mamba_ensemble", in_channels, num_classes,
+                     {"members": [specs[i].kwargs for i in choice.members], "weights": choice.weights})
+    ensemble = build_model(spec)
+    for member, i in zip(ensemble.members, choice.members):
+        member.load_state_dict(students[i].state_dict())
+    return ensemble, spec
+
+
 def choose_primary(family: dict, goal, floor: Optional[float]) -> str:
     """The primary model's name. With a latency `goal`: the most accurate member within it, else the fastest. With an
     accuracy `floor`: the fewest MACs at or above it, else the most accurate."""
