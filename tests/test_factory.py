@@ -12,8 +12,8 @@ import yaml
 from compress.checkpoint import VARIANTS, load_model_dir
 from compress.cli import main
 from compress.methods.assembly.assemble import Factory, assemble, fit_budget, prefix_choice
-from compress.methods.assembly.generator import context_vector
-from compress.methods.assembly.generator import Generator, GeneratorTraining, Scenario, context_size, train_generator
+from compress.methods.assembly.generator import (Generator, GeneratorTraining, Scenario, context_size, context_vector,
+                                                train_generator)
 from compress.methods.assembly.modules import Choice, ModularSupernet
 from compress.methods.budget import target_costs
 from compress.methods.slicing.supernet import nested
@@ -101,12 +101,13 @@ def test_the_cost_estimate_only_speeds_up_the_budget_fit(trained):
 
         plain = fit_budget(trained, context, fits)
         extractions = len(calls)
-        for estimate in (lambda c: trained.estimate(c, scenario) <= scenario.value, lambda c: True, lambda c: False):
+        estimates = {"mask costs": lambda c: trained.estimate(c, scenario) <= scenario.value,
+                     "always fits": lambda c: True, "never fits": lambda c: False}
+        for name, estimate in estimates.items():
             calls.clear()
-            assert fit_budget(trained, context, fits, estimate) == plain, scenario
-        calls.clear()
-        fit_budget(trained, context, fits, lambda c: trained.estimate(c, scenario) <= scenario.value)
-        assert len(calls) <= min(3, extractions), scenario
+            assert fit_budget(trained, context, fits, estimate) == plain, (name, scenario)
+            if name == "mask costs":
+                assert len(calls) <= min(3, extractions), scenario
 
 
 def test_a_bigger_budget_never_gives_a_smaller_model(trained, tiny_data):

@@ -140,9 +140,10 @@ def fit_budget(factory: Factory, context: torch.Tensor, fits: Callable[[Choice],
     generator = factory.generator
     if fits(factory.net.largest):
         return factory.net.largest, "budget input"
-    fits_at = lambda i: fits(generator.choice(context, GRID[i]))  # noqa: E731
+    choice_at = lambda i: generator.choice(context, GRID[i])  # noqa: E731
+    fits_at = lambda i: fits(choice_at(i))  # noqa: E731
     low = first_over(fits_at, 0, len(GRID)) if roughly_fits is None else \
-        confirmed(fits_at, first_over(lambda i: roughly_fits(generator.choice(context, GRID[i])), 0, len(GRID)))
+        confirmed(fits_at, first_over(lambda i: roughly_fits(choice_at(i)), 0, len(GRID)))
     if low:
         return generator.choice(context, GRID[low - 1]), "budget input"
     wanted = generator.logits(context, GRID[0])  # the greedy repair drops the least wanted module first
