@@ -104,7 +104,8 @@ def main(argv=None) -> None:
              f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}; seeds {args.seeds}. Supernet: "
              f"{ARCH['arch']} {ARCH['kwargs']} trained by `type: slice` for {args.epochs} epochs from scratch (depths 1-2, "
              f"round_to 4). Factory: 4-channel modules, generator {args.generator_epochs:g} epochs (one scenario per batch "
-             f"of 128), BatchNorm recalibrated on 10 batches of the scenario's classes. Search: population "
+             f"of 512; of its checkpoints every tenth of the steps, and the untrained path, the one that scores best on 16 "
+             f"probe scenarios is kept), BatchNorm recalibrated on 10 batches of the scenario's classes. Search: population "
              f"{args.population}, {args.generations} generations, fitness = accuracy on 1,000 training examples after "
              f"recalibration; the same cost model and greedy repair. Accuracy: validation split, of the scenario's classes; "
              f"mean over seeds (range). Times: wall seconds on this machine, median over seeds.", "",
@@ -135,6 +136,8 @@ def main(argv=None) -> None:
               f"{100 * max(gaps_prefix):+.2f}); assembly at most {worst_assembly:.2f} s per scenario (generate, repair, "
               f"BatchNorm; after a one-time load); search / assembly {statistics.median(speedups):.0f}x median "
               f"({min(speedups):.0f}-{max(speedups):.0f}x); budget violations {violations} (ours, prefix and search). "
+              f"Kept generator checkpoints (step of {runs[0]['metrics']['generator']['steps']}, per seed): "
+              f"{', '.join(str(r['metrics']['generator']['kept_step']) for r in runs)}. "
               f"Generator training took {statistics.median(generator_s):.0f} s per seed, the whole factory stage (with "
               f"the scenarios and both baselines) {statistics.median(stage_s):.0f} s (medians).", "",
               machine_line(command_line())]

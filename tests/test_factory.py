@@ -12,8 +12,8 @@ import yaml
 from compress.checkpoint import VARIANTS, load_model_dir
 from compress.cli import main
 from compress.methods.assembly.assemble import Factory, assemble, fit_budget, prefix_choice
-from compress.methods.assembly.generator import (Generator, GeneratorTraining, Scenario, context_size, context_vector,
-                                                train_generator)
+from compress.methods.assembly.generator import (Generator, GeneratorTraining, Probe, Scenario, at_budget, context_size,
+                                                context_vector, reference_costs, train_generator)
 from compress.methods.assembly.modules import Choice, ModularSupernet
 from compress.methods.budget import target_costs
 from compress.methods.slicing.supernet import nested
@@ -33,12 +33,18 @@ def tiny_net(seed: int = 0) -> ModularSupernet:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data):
-    """A factory whose generator trained 40 steps on a random-weight tiny supernet."""
+def training(tiny_data):
+    """A generator trained 40 steps on a random-weight tiny supernet, and what its training returned."""
     net = tiny_net()
     generator = Generator(context_size(10), net.sizes, net.depths, hidden=16)
-    train_generator(net, generator, tiny_data.train, 32, TARGETS, 10, GeneratorTraining(steps=40), 0, torch.device("cpu"), None)
-    return Factory(net, generator, 10)
+    result = train_generator(net, generator, tiny_data.train, 32, TARGETS, 10, GeneratorTraining(steps=40), 0,
+                             torch.device("cpu"), None)
+    return Factory(net, generator, 10), result
+
+
+@pytest.fixture(scope="module")
+def trained(training):
+    return training[0]
 
 
 def random_choice(net: ModularSupernet, rng: random.Random) -> Choice:
@@ -69,6 +75,44 @@ def test_gradients_reach_the_module_masks(tiny_data):
     assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in masks)
 
 
+def test_an_untrained_path_widens_uniformly_then_adds_blocks_and_stays_nested():
+    net = tiny_net()
+    path = Generator(context_size(10), net.sizes, net.depths).path(context_vector(Scenario("macs", 0.5, TARGETS[0]), 10))
+    assert path.choice(0.99) == Choice(tuple(net.sizes), (1, 1)) and path.choice(path.top) == net.largest
+    half = path.choice(0.5)
+    assert all(abs(n / size - 0.5) <= 0.5 / size for n, size in zip(half.modules, net.sizes)), half
+    counts = [path.choice(path.top * i / 63) for i in range(64)]
+    for a, b in zip(counts, counts[1:]):  # every module and block only ever enters
+        assert all(x <= y for x, y in zip(a.modules + a.blocks, b.modules + b.blocks)), (a, b)
+
+
+def test_training_solves_the_scale_that_meets_the_budget_and_differentiates_through_it():
+    net = tiny_net()
+    generator = Generator(context_size(10), net.sizes, net.depths, hidden=16)
+    for kind in ("macs", "latency_ms", "size_kb"):
+        path = generator(context_vector(Scenario(kind, 1.0, TARGETS[1]), 10))
+        full, floor = (float(net.costs.cost(kind, net.costs.terms(*net.masks_of(c)), TARGETS[1]))
+                       for c in (net.largest, net.smallest))
+        goal = floor + 0.4 * (full - floor)
+        w = at_budget(net, path, kind, TARGETS[1], goal, 0.02)
+        cost = net.costs.cost(kind, net.costs.terms(*path.soft(w.detach(), 0.02)), TARGETS[1])
+        assert float(cost) == pytest.approx(goal, rel=1e-3), kind
+        generator.zero_grad()
+        w.backward()
+        assert sum(float(p.grad.abs().sum()) for p in (generator.widths.bias, generator.blocks.bias)) > 0, kind
+
+
+def test_training_keeps_the_checkpoint_that_scores_best_on_the_probe(training, tiny_data):
+    factory, result = training
+    scores = [entry["probe_accuracy"] for entry in result["history"]]
+    assert len(scores) == 11 and result["probe_accuracy"] == max(scores)
+    assert result["history"][0]["step"] == 0  # the untrained path competes too
+    assert result["kept_step"] == result["history"][scores.index(max(scores))]["step"]
+    plan, (full, floors) = GeneratorTraining(steps=40), reference_costs(factory.net, TARGETS)
+    probe = Probe(factory.net, tiny_data.train, TARGETS, 10, plan, 0, full, floors, 32, torch.device("cpu"))
+    assert probe.score(factory.generator) == pytest.approx(result["probe_accuracy"])
+
+
 def test_no_assembled_model_is_over_its_budget(trained, tiny_data):
     rng = random.Random(1)
     smallest = trained.build(trained.net.smallest, None)[0]
@@ -85,7 +129,7 @@ def test_no_assembled_model_is_over_its_budget(trained, tiny_data):
 
 
 def test_the_cost_estimate_only_speeds_up_the_budget_fit(trained):
-    """The mask-cost estimate finds the grid point; the real cost decides it, so even a wrong estimate gives the
+    """The mask-cost estimate finds the point along the path; the real cost decides it, so even a wrong estimate gives the
     choice that bisection on extracted models gives, in fewer extractions when the estimate is right."""
     rng = random.Random(2)
     for i in range(8):
@@ -93,19 +137,19 @@ def test_the_cost_estimate_only_speeds_up_the_budget_fit(trained):
         floor = trained.cost(trained.build(trained.net.smallest, None)[0], Scenario(kind, 1.0, target))
         full = trained.cost(trained.net.supernet.model, Scenario(kind, 1.0, target))
         scenario = Scenario(kind, rng.uniform(floor, full), target, (1, 4, 8) if i % 2 else None)
-        context, calls = context_vector(scenario, 10), []
+        choices, calls = trained.generator.path(context_vector(scenario, 10)).along(), []
 
         def fits(choice):
             calls.append(choice)
             return trained.fits(choice, scenario)
 
-        plain = fit_budget(trained, context, fits)
+        plain = fit_budget(trained, choices, fits)
         extractions = len(calls)
         estimates = {"mask costs": lambda c: trained.estimate(c, scenario) <= scenario.value,
                      "always fits": lambda c: True, "never fits": lambda c: False}
         for name, estimate in estimates.items():
             calls.clear()
-            assert fit_budget(trained, context, fits, estimate) == plain, (name, scenario)
+            assert fit_budget(trained, choices, fits, estimate) == plain, (name, scenario)
             if name == "mask costs":
                 assert len(calls) <= min(3, extractions), scenario
 
@@ -196,3 +240,22 @@ def test_assemble_command_end_to_end(run, capsys, tmp_path):
     assert "the smallest achievable is" in capsys.readouterr().err
     assert main(["assemble", str(run), "--target", "jetson-orin-nano", "--macs", "0.4", "--classes", "3,99"]) == 2
     assert "class 99 is out of range" in capsys.readouterr().err
+
+
+def test_a_generator_of_another_version_is_refused_by_name(run, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import save as safetensors_bytes
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    folder = copy / "stages" / "03-factory"
+    old = safetensors_bytes({"base.weight": torch.zeros(3, 16), "slope.weight": torch.zeros(3, 16)})
+    (folder / "aux-generator.safetensors").write_bytes(old)
+    meta = json.loads((folder / "spec.json").read_text())
+    meta["files"]["aux-generator.safetensors"] = hashlib.sha256(old).hexdigest()
+    (folder / "spec.json").write_text(json.dumps(meta))
+    assert main(["assemble", str(copy), "--target", "jetson-orin-nano", "--macs", "0.4"]) == 2
+    err = capsys.readouterr().err
+    assert "aux-generator.safetensors: not a generator this version can load" in err and "--no-resume" in err

@@ -1,8 +1,8 @@
 """`type: factory` — NN-Factory assembly. The supernet an earlier `type: slice` stage trained is cut into modules
 (`module_channels` channels of every channel group, and its residual blocks); a small generator learns, with the
-supernet frozen, to map a scenario (a latency, MACs or size budget on a target, and a class subset) to the modules
-to keep. Each scenario listed is then assembled in seconds without search: generated, repaired until the real cost
-is within budget, its head cut to the scenario's classes, BatchNorm recalibrated. The assembled models are the
+supernet frozen, to map a scenario (a latency, MACs or size budget on a target, and a class subset) to a path
+through the modules, along which the budget decides how far to go. Each scenario listed is then assembled in seconds
+without search: generated, fitted until the real cost is within budget, its head cut to the scenario's classes, BatchNorm recalibrated. The assembled models are the
 stage's family; the SortedNet prefix rule and an evolutionary search are measured beside each one. The generator is
 saved with the stage, so `compress assemble RUN_DIR` makes more models later. Mechanics: `methods/assembly`."""
 from __future__ import annotations
@@ -70,9 +70,15 @@ class GeneratorConfig(Strict):
     hidden: int = Field(64, ge=4, le=4096, description="width of the generator's two hidden layers")
     epochs: float = Field(3.0, gt=0, le=10_000, description="passes over the training split, one sampled scenario per batch",
                           json_schema_extra={"smoke": 1})
+    batch_size: Count = Field(512, le=1_000_000, description="training examples per step (one sampled scenario each); a "
+                              "few hundred keep the masked supernet's loss from following one batch's noise",
+                              json_schema_extra={"smoke": 32})
     lr: float = Field(3e-3, gt=0, le=10, description="Adam learning rate")
-    budget_penalty: float = Field(10.0, ge=0, le=1e6, description="weight of the relative cost above budget in the loss")
-    temperature: float = Field(1.0, gt=0, le=100, description="Gumbel-sigmoid temperature of the relaxed masks")
+    budget_penalty: float = Field(0.0, ge=0, le=1e6, description="weight of the rounded model's relative cost above "
+                                  "budget in the loss (0: none; the soft model meets the budget exactly, and the "
+                                  "assembly fits the real cost)")
+    temperature: float = Field(0.02, gt=0, le=100, description="temperature of the soft block gates, in units of the "
+                               "path's scale (1 = every group at full width)")
 
 
 class SearchConfig(Strict):
@@ -119,7 +125,7 @@ class FactoryStage(Stage):
     Config = FactoryConfig
     needs = "slice"
     variant_per_target = True  # each scenario names its target; its model is exported for that target
-    example = {"type": "factory", "module_channels": 8, "generator": {"hidden": 64, "epochs": 3, "budget_penalty": 10.0},
+    example = {"type": "factory", "module_channels": 8, "generator": {"hidden": 64, "epochs": 3, "budget_penalty": 0.0},
                "scenarios": [{"macs": 0.5}, {"macs": 0.3, "classes": [0, 2, 5]}]}
 
     def target_dependence(self) -> Optional[str]:
@@ -178,11 +184,11 @@ class FactoryStage(Stage):
         supernet_model, supernet_spec, source = supernet_source(cfg.supernet.stage if cfg.supernet else None, ctx)
         net = self.modular(supernet_model, ctx, depth=bool(source["residual_stages"]))
         generator = Generator(context_size(num_classes), net.sizes, net.depths, cfg.generator.hidden)
-        steps = max(1, math.ceil(cfg.generator.epochs * len(BatchLoader(ctx.data.train, ctx.data_config.batch_size))))
+        steps = max(1, math.ceil(cfg.generator.epochs * len(BatchLoader(ctx.data.train, cfg.generator.batch_size))))
         plan = GeneratorTraining(steps, cfg.generator.lr, cfg.generator.budget_penalty, cfg.generator.temperature)
         started = time.perf_counter()
-        history = train_generator(net, generator, ctx.data.train, ctx.data_config.batch_size, ctx.targets, num_classes,
-                                  plan, ctx.seed, ctx.device, ctx.log)
+        training = train_generator(net, generator, ctx.data.train, cfg.generator.batch_size, ctx.targets, num_classes,
+                                   plan, ctx.seed, ctx.device, ctx.log)
         train_seconds = time.perf_counter() - started
         factory = Factory(net, generator, num_classes)
         made = {entry.label: measure_scenario(factory, scenario, cfg, ctx)
@@ -196,7 +202,7 @@ class FactoryStage(Stage):
             return built.for_classes(list(result.scenario.classes)) if result.scenario.classes else built
 
         primary, *others = made
-        metrics = {"generator": {"steps": steps, "train_seconds": train_seconds, "history": history, "modules": net.sizes,
+        metrics = {"generator": {"steps": steps, "train_seconds": train_seconds, **training, "modules": net.sizes,
                                  "blocks": net.depths, "module_channels": net.module_channels},
                    "supernet": source, "scenarios": {name: r.metrics for name, r in made.items()}, "primary": primary}
         variants = {name: Variant(made[name].assembly.model, spec_of(made[name]), made[name].metrics) for name in others}

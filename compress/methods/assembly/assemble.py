@@ -23,10 +23,9 @@ from ...training import evaluate
 from ..budget import target_costs
 from ..pruning.masks import layers_in_order
 from ..slicing.training import recalibrate_bn
-from .generator import MIN_BUDGET, Generator, Scenario, context_vector
+from .generator import Generator, Scenario, context_vector, first_over
 from .modules import Choice, ModularSupernet
 
-GRID = [MIN_BUDGET * 10 ** (4 * i / 249) for i in range(250)]  # generator inputs the assembly fits, 1e-3 to 10
 UNITS = {"latency_ms": "ms", "macs": "of the supernet's MACs", "size_kb": "kB"}
 
 
@@ -88,7 +87,7 @@ class Assembly:
     model: nn.Module
     transforms: list
     cost: float
-    repaired: str  # "" (the generator's own choice), "budget input" (another input's choice) or "greedy"
+    repaired: str  # "" (the generator's own estimate), "scale" (another point of its path) or "greedy"
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -115,12 +114,11 @@ def assemble(factory: Factory, scenario: Scenario, calibration: Split, bn_batche
     """The model for `scenario`: generate, repair, build, recalibrate BatchNorm; each step's wall time recorded."""
     seconds, started = {}, time.perf_counter()
     check_scenario(factory, scenario)
-    context = context_vector(scenario, factory.num_classes)
-    relative = factory.relative(scenario)
-    choice = factory.generator.choice(context, relative)
+    choices = factory.generator.path(context_vector(scenario, factory.num_classes)).along()
+    estimate = lambda c: factory.estimate(c, scenario) <= scenario.value  # noqa: E731
+    choice = choices[max(first_over(lambda i: estimate(choices[i]), 0, len(choices)) - 1, 0)]  # by its own estimate
     seconds["generate"], started = time.perf_counter() - started, time.perf_counter()
-    fitted, repaired = fit_budget(factory, context, lambda c: factory.fits(c, scenario),
-                                  lambda c: factory.estimate(c, scenario) <= scenario.value)
+    fitted, repaired = fit_budget(factory, choices, lambda c: factory.fits(c, scenario), estimate)
     repaired = "" if fitted == choice else repaired
     seconds["repair"], started = time.perf_counter() - started, time.perf_counter()
     model, transforms = factory.build(fitted, scenario.classes)
@@ -129,53 +127,35 @@ def assemble(factory: Factory, scenario: Scenario, calibration: Split, bn_batche
     return Assembly(fitted, model, transforms, factory.cost(model, scenario), repaired, seconds)
 
 
-def fit_budget(factory: Factory, context: torch.Tensor, fits: Callable[[Choice], bool],
+def fit_budget(factory: Factory, choices: list[Choice], fits: Callable[[Choice], bool],
                roughly_fits: Optional[Callable[[Choice], bool]] = None) -> tuple[Choice, str]:
-    """The generator's choice for the largest budget input on a fixed grid whose extracted model's real cost fits:
-    the generator decides where the modules go, the real cost decides how many (its own cost estimate may leave
-    budget unused, or overshoot it). When no grid point fits, the smallest one's choice shrunk greedily, least wanted
-    module first. A bigger budget never gives a smaller model: the generator keeps more modules for a bigger input,
-    and the grid does not depend on the budget. `roughly_fits`, a cheap estimate of `fits`, finds the grid point
-    first; the real cost then confirms it (two extractions where the estimate is right) or bisects from there."""
-    generator = factory.generator
-    if fits(factory.net.largest):
-        return factory.net.largest, "budget input"
-    choice_at = lambda i: generator.choice(context, GRID[i])  # noqa: E731
-    fits_at = lambda i: fits(choice_at(i))  # noqa: E731
-    low = first_over(fits_at, 0, len(GRID)) if roughly_fits is None else \
-        confirmed(fits_at, first_over(lambda i: roughly_fits(choice_at(i)), 0, len(GRID)))
+    """The largest of the nested `choices` (the generator's path) whose extracted model's real cost fits: the
+    generator decides where the modules go, the real cost decides how far along its path to go, so a bigger budget
+    never gives a smaller model. When not even the first fits, it is shrunk greedily, widest group first.
+    `roughly_fits`, a cheap estimate of `fits`, finds the place first; the real cost then confirms it (two
+    extractions where the estimate is right) or searches outward from there."""
+    fits_at = lambda i: fits(choices[i])  # noqa: E731
+    low = first_over(fits_at, 0, len(choices)) if roughly_fits is None else \
+        confirmed(fits_at, first_over(lambda i: roughly_fits(choices[i]), 0, len(choices)), len(choices))
     if low:
-        return generator.choice(context, GRID[low - 1]), "budget input"
-    wanted = generator.logits(context, GRID[0])  # the greedy repair drops the least wanted module first
-    return greedy_repair(generator.choice(context, GRID[0]), fits, lambda c: least_wanted(c, wanted, generator)), "greedy"
+        return choices[low - 1], "scale"
+    return greedy_repair(choices[0], fits, lambda c: widest(c, factory.net)), "greedy"
 
 
-def first_over(fits_at: Callable[[int], bool], low: int, high: int) -> int:
-    """The first grid index in [low, high) that does not fit (`high` when all do), by bisection: fitting is monotone."""
-    while low < high:
-        mid = (low + high) // 2
-        low, high = (mid + 1, high) if fits_at(mid) else (low, mid)
-    return low
-
-
-def confirmed(fits_at: Callable[[int], bool], guess: int) -> int:
-    """`first_over` of the real `fits_at` over the whole grid, starting from an estimate's answer `guess`."""
+def confirmed(fits_at: Callable[[int], bool], guess: int, count: int) -> int:
+    """`first_over` of the real `fits_at` over [0, count), starting from an estimate's answer `guess`: steps away
+    from it in doubling strides until the answer is bracketed, then bisects."""
     if guess and not fits_at(guess - 1):
-        return first_over(fits_at, 0, guess - 1)
-    if guess < len(GRID) and fits_at(guess):
-        return first_over(fits_at, guess + 1, len(GRID))
+        high, stride = guess - 1, 1  # high does not fit
+        while high - stride >= 0 and not fits_at(high - stride):
+            high, stride = high - stride, stride * 2
+        return first_over(fits_at, max(high - stride + 1, 0), high)
+    if guess < count and fits_at(guess):
+        low, stride = guess, 1  # low fits
+        while low + stride < count and fits_at(low + stride):
+            low, stride = low + stride, stride * 2
+        return first_over(fits_at, low + 1, min(low + stride, count))
     return guess
-
-
-def least_wanted(choice: Choice, wanted: torch.Tensor, generator: Generator) -> Optional[tuple[str, int]]:
-    """The group or stage whose last kept module the generator wants least (None when all are at their minimum)."""
-    best, start = None, 0
-    for kind, counts, sizes in (("modules", choice.modules, generator.sizes), ("blocks", choice.blocks, generator.depths)):
-        for i, (n, size) in enumerate(zip(counts, sizes)):
-            if n > 1 and (best is None or wanted[start + n - 2] < best[0]):
-                best = (float(wanted[start + n - 2]), (kind, i))
-            start += size - 1
-    return best[1] if best else None
 
 
 def widest(choice: Choice, net: ModularSupernet) -> Optional[tuple[str, int]]:

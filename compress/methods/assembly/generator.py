@@ -1,14 +1,20 @@
-"""The module assembler of NN-Factory: a small network from a scenario (the budget's kind and size, the target's
-numbers, the task's classes) to keep probabilities of every module and block, trained once with the supernet
-frozen. A module's keep logit is `base + softplus(slope) * log(budget)`, so a bigger budget never keeps fewer modules;
-modules are kept as prefixes (module k only with modules 0..k-1), relaxed with straight-through Gumbel-sigmoid in
-training. The loss is the masked supernet's task loss on the scenario's classes plus a penalty on cost above budget."""
+"""The module assembler of NN-Factory: a small network from a scenario (the budget's kind, the target's numbers, the
+task's classes) to an assembly path through the supernet's modules, trained once with the supernet frozen. A path is
+a width multiplier per slice group and, per residual stage, the scale values at which its later blocks enter; at
+scale w a group keeps the share min(1, w * multiplier) of its modules and a stage every block whose value is at most
+w. The budget decides w (the largest scale whose model fits), so a bigger budget never gives a smaller model and the
+models of one scenario are nested. Untrained, the path widens every group uniformly at depth 1, then adds whole
+blocks (the SortedNet supernet's widths first). Training relaxes the path to soft module ramps and block gates, solves
+w so that the soft model's cost meets a sampled budget exactly (gradients pass through that solve implicitly), and
+minimises the masked supernet's task loss on the scenario's classes (plus, optionally, a penalty on the rounded
+model's cost above the budget); the checkpoint that scores best on fixed probe scenarios is kept."""
 from __future__ import annotations
 
 import math
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +25,6 @@ from .modules import KINDS, Choice, ModularSupernet
 
 if TYPE_CHECKING:
     from ...targets import TargetProfile
-
-MIN_BUDGET = 1e-3  # relative budgets are clamped here before the logarithm
 
 
 @dataclass(frozen=True)
@@ -56,57 +60,139 @@ def context_vector(scenario: Scenario, num_classes: int) -> torch.Tensor:
     return torch.cat([torch.tensor(kind + numbers), classes])
 
 
+SPREAD = 2.0  # a group's width multiplier lies in [1 / SPREAD, SPREAD]
+BLOCK_START, BLOCK_STEP = 1.0, 0.15  # untrained, the later blocks enter one by one once every group is at full width
+POSITIONS = 256  # scales sampled along a path to list its choices
+
+
+@dataclass(frozen=True)
+class Path:
+    """One scenario's assembly path: `multipliers[g]` scales group g's kept share, `thresholds[s]` are the scale
+    values at which stage s's later blocks enter (increasing); `sizes[g]` is group g's module count."""
+
+    multipliers: torch.Tensor
+    thresholds: list[torch.Tensor]
+    sizes: list[int]
+
+    @property
+    def top(self) -> float:
+        """The smallest scale at which every module and block is kept."""
+        return max([1.0 / float(self.multipliers.min())] + [float(t.max()) for t in self.thresholds if len(t)])
+
+    def shares(self, w: torch.Tensor) -> torch.Tensor:
+        """Each group's kept share of its modules at scale `w`."""
+        return torch.clamp(w * self.multipliers, 0.0, 1.0)
+
+    def soft(self, w: torch.Tensor, temperature: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Module keep values (a ramp from 0 to 1 as a module's channels fill in, the first always 1) and block gates
+        (a sigmoid of the scale past the block's threshold) at scale `w`."""
+        masks = []
+        for share, n in zip(self.shares(w), self.sizes):
+            ramp = torch.clamp(share * n - torch.arange(n, dtype=share.dtype), 0.0, 1.0)
+            masks.append(torch.cat([torch.ones(1, dtype=ramp.dtype), ramp[1:]]))
+        gates = [torch.cat([torch.ones(1), torch.sigmoid((w - t) / temperature)]) for t in self.thresholds]
+        return masks, gates
+
+    def along(self) -> list[Choice]:
+        """The distinct choices at `POSITIONS` evenly spaced scales from 0 to `top`, smallest first; each holds the one
+        before it."""
+        choices = [self.choice(self.top * i / (POSITIONS - 1)) for i in range(POSITIONS)]
+        return [c for i, c in enumerate(choices) if i == 0 or c != choices[i - 1]]
+
+    def choice(self, w: float) -> Choice:
+        """The hard choice at scale `w`: each group's share rounded to whole modules (at least one), and the blocks
+        whose thresholds `w` has reached."""
+        shares = self.shares(torch.tensor(w)).tolist()
+        return Choice(tuple(max(1, int(share * n + 0.5)) for share, n in zip(shares, self.sizes)),
+                      tuple(1 + int((t <= w).sum()) for t in self.thresholds))
+
+
 class Generator(nn.Module):
-    """Scenario context and log relative budget -> keep logits of every module after the first of each slice group
-    and every block after the first of each residual stage."""
+    """Scenario context -> the scenario's `Path` through the modules of every slice group and the blocks of every
+    residual stage."""
 
     def __init__(self, context_size: int, sizes: list[int], depths: list[int], hidden: int = 64):
         super().__init__()
         self.sizes, self.depths, self.hidden = list(sizes), list(depths), hidden
-        outputs = sum(n - 1 for n in self.sizes + self.depths)
         self.body = nn.Sequential(nn.Linear(context_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.base, self.slope = nn.Linear(hidden, outputs), nn.Linear(hidden, outputs)
-        nn.init.constant_(self.base.bias, 2.0)
-        nn.init.constant_(self.slope.bias, 1.0)
+        self.widths = nn.Linear(hidden, len(self.sizes))
+        self.blocks = nn.Linear(hidden, sum(d - 1 for d in self.depths))
+        for layer in (self.widths, self.blocks):
+            nn.init.zeros_(layer.weight)
+        nn.init.zeros_(self.widths.bias)
+        steps = []  # softplus^-1 of each block's distance to the previous threshold of its stage
+        for d in self.depths:
+            values = [BLOCK_START + BLOCK_STEP * (len(steps) + k) for k in range(d - 1)]
+            steps += [v - (values[k - 1] if k else 0.0) for k, v in enumerate(values)]
+        with torch.no_grad():
+            self.blocks.bias.copy_(torch.log(torch.expm1(torch.tensor(steps))))
 
-    def forward(self, context: torch.Tensor, log_budget: torch.Tensor) -> torch.Tensor:
+    def forward(self, context: torch.Tensor) -> Path:
         h = self.body(context)
-        return self.base(h) + F.softplus(self.slope(h)) * log_budget.unsqueeze(-1)
-
-    def split(self, values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-module (or per-block) values with a leading 1 for the always-kept first one, as prefix products."""
-        out, start = [], 0
-        for n in self.sizes + self.depths:
-            part = values[start : start + n - 1]
-            out.append(torch.cat([torch.ones(1, dtype=values.dtype), torch.cumprod(part, 0)]))
-            start += n - 1
-        return out[: len(self.sizes)], out[len(self.sizes):]
+        multipliers = torch.exp(math.log(SPREAD) * torch.tanh(self.widths(h)))
+        steps, thresholds, start = F.softplus(self.blocks(h)), [], 0
+        for d in self.depths:
+            thresholds.append(torch.cumsum(steps[start : start + d - 1], 0))
+            start += d - 1
+        return Path(multipliers, thresholds, self.sizes)
 
     @torch.no_grad()
-    def logits(self, context: torch.Tensor, relative_budget: float) -> torch.Tensor:
-        """The keep logits for one scenario at a budget relative to the full supernet's cost."""
-        return self(context, torch.tensor(math.log(max(relative_budget, MIN_BUDGET))))
-
-    def choice(self, context: torch.Tensor, relative_budget: float) -> Choice:
-        """The hard choice for one scenario: every module whose logit and all earlier ones' are positive."""
-        modules, blocks = self.split((self.logits(context, relative_budget) > 0).float())
-        return Choice(tuple(int(m.sum()) for m in modules), tuple(int(b.sum()) for b in blocks))
+    def path(self, context: torch.Tensor) -> Path:
+        """The scenario's path, without gradients."""
+        return self(context)
 
 
-def relaxed(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """Straight-through Gumbel-sigmoid: hard 0/1 forward, the soft sample's gradient backward."""
-    u = torch.rand(logits.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
-    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
-    return (soft > 0.5).float() + soft - soft.detach()
+def solve_scale(net: ModularSupernet, path: Path, kind: str, target, goal: float, temperature: float,
+                iterations: int = 20) -> float:
+    """The scale at which the soft model's cost is `goal` (bisection; the cost grows with the scale)."""
+    low, high = 0.0, path.top
+    with torch.no_grad():
+        for _ in range(iterations):
+            mid = (low + high) / 2
+            cost = float(net.costs.cost(kind, net.costs.terms(*path.soft(torch.tensor(mid), temperature)), target))
+            low, high = (mid, high) if cost <= goal else (low, mid)
+    return low
+
+
+def first_over(fits_at: Callable[[int], bool], low: int, high: int) -> int:
+    """The first index in [low, high) that does not fit (`high` when all do), by bisection: fitting is monotone."""
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if fits_at(mid) else (low, mid)
+    return low
+
+
+def fitted(net: ModularSupernet, path: Path, kind: str, target, goal: float) -> Choice:
+    """The largest choice along `path` whose mask cost is within `goal` (the first choice when none is)."""
+    choices = path.along()
+    fits = lambda i: float(net.costs.cost(kind, net.costs.terms(*net.masks_of(choices[i])), target)) <= goal  # noqa: E731
+    return choices[max(first_over(fits, 0, len(choices)) - 1, 0)]
+
+
+def at_budget(net: ModularSupernet, path: Path, kind: str, target, goal: float, temperature: float) -> torch.Tensor:
+    """The scale that meets `goal`, differentiable in the path by the implicit function theorem: its value is the
+    solved scale w*, its gradient -(dcost/dpath) / (dcost/dw) at w*."""
+    detached = Path(path.multipliers.detach(), [t.detach() for t in path.thresholds], path.sizes)
+    solved = torch.tensor(solve_scale(net, detached, kind, target, goal, temperature), requires_grad=True)
+    cost = net.costs.cost(kind, net.costs.terms(*path.soft(solved, temperature)), target)
+    slope = torch.autograd.grad(cost, solved, retain_graph=True)[0].detach().clamp_min(1e-9)
+    return solved.detach() - (cost - cost.detach()) / slope
+
+
+def straight_through(hard: list[torch.Tensor], soft: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Hard values forward, the soft values' gradients backward."""
+    return [h + s - s.detach() for h, s in zip(hard, soft)]
 
 
 @dataclass
 class GeneratorTraining:
     steps: int
     lr: float = 3e-3
-    budget_penalty: float = 10.0
-    temperature: float = 1.0
+    budget_penalty: float = 0.0
+    temperature: float = 0.02  # of the block gates, in units of the scale
     subset_share: float = 0.5  # share of sampled scenarios with a class subset
+    probe_scenarios: int = 16  # fixed scenarios that score each checkpoint
+    probe_examples: int = 2048  # training examples they are scored on
 
 
 def sample_scenario(rng: random.Random, targets: list["TargetProfile"], num_classes: int, subset_share: float,
@@ -124,27 +210,21 @@ def sample_scenario(rng: random.Random, targets: list["TargetProfile"], num_clas
 
 
 def train_generator(net: ModularSupernet, generator: Generator, data: Split, batch_size: int, targets: list["TargetProfile"],
-                    num_classes: int, plan: GeneratorTraining, seed: int, device: torch.device, log=None) -> list[dict]:
-    """Train `generator` on sampled scenarios with the supernet frozen (BatchNorm on batch statistics, running
-    statistics untouched); returns the loss and budget-overshoot history every tenth of the steps."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-
-    model = net.supernet.model
-    rng, noise = random.Random(seed), torch.Generator().manual_seed(seed)
+                    num_classes: int, plan: GeneratorTraining, seed: int, device: torch.device, log=None) -> dict:
+    """Train `generator` on sampled scenarios, one per batch, with the supernet frozen (BatchNorm on batch statistics,
+    running statistics untouched). Every tenth of the steps, and before the first, the generator is scored on fixed
+    probe scenarios (`probe_accuracy`); the best-scoring checkpoint is kept. Returns the history (probe accuracy, and
+    after step 0 the loss and the rounded model's budget overshoot) and the kept step."""
+    rng = random.Random(seed)
     full, floors = reference_costs(net, targets)
     reference = targets[0] if targets else None
     optimizer = torch.optim.Adam(generator.parameters(), lr=plan.lr)
-    requires = [p.requires_grad for p in model.parameters()]
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in norms:
-        m.momentum = 0.0
-    history, loader, step = [], BatchLoader(data, batch_size, shuffle=True, seed=seed), 0
-    model.train()
+    probe = Probe(net, data, targets, num_classes, plan, seed, full, floors, batch_size, device)
+    loader, step = BatchLoader(data, batch_size, shuffle=True, seed=seed), 0
     generator.train()
-    try:
+    best = (probe.score(generator), 0, copy_state(generator))
+    history = [{"step": 0, "probe_accuracy": best[0]}]
+    with on_batch_statistics(net.supernet.model):
         while step < plan.steps:
             loader.set_epoch(step)
             for batch in loader:
@@ -157,30 +237,105 @@ def train_generator(net: ModularSupernet, generator: Generator, data: Split, bat
                     x, y = cut.x, cut.y
                     if len(y) == 0:
                         continue
-                logits = generator(context_vector(scenario, num_classes), torch.tensor(math.log(relative)))
-                modules, blocks = generator.split(relaxed(logits, plan.temperature, noise))
-                with net.masked(modules, blocks) as masked:
+                target, scale = scenario.target or reference, full[cost_key(scenario.kind, scenario.target)]
+                path = generator(context_vector(scenario, num_classes))
+                w = at_budget(net, path, scenario.kind, target, relative * scale, plan.temperature)
+                masks, gates = path.soft(w, plan.temperature)
+                with net.masked(masks, gates) as masked:
                     out = masked(x)
                 if scenario.classes:
                     out = out[:, list(scenario.classes)]
-                cost = net.costs.cost(scenario.kind, net.costs.terms(modules, blocks), scenario.target or reference)
-                over = F.relu(cost / full[cost_key(scenario.kind, scenario.target)] / relative - 1.0)
+                hard = net.masks_of(path.choice(float(w.detach())))
+                rounded = net.costs.terms(straight_through(hard[0], masks), straight_through(hard[1], gates))
+                over = F.relu(net.costs.cost(scenario.kind, rounded, target) / scale / relative - 1.0)
                 loss = F.cross_entropy(out, y) + plan.budget_penalty * over.to(out.device)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                if step % max(1, plan.steps // 10) == 0:
-                    history.append({"step": step, "loss": float(loss.detach()), "over_budget": float(over.detach())})
-                    if log:
-                        log(f"generator step {step}/{plan.steps}: loss {history[-1]['loss']:.3f}, over budget {history[-1]['over_budget']:.1%}")
                 step += 1
+                if step % max(1, plan.steps // 10) == 0 or step == plan.steps:
+                    score = probe.score(generator)
+                    if score > best[0]:
+                        best = (score, step, copy_state(generator))
+                    entry = {"step": step, "loss": float(loss.detach()), "over_budget": float(over.detach()),
+                             "probe_accuracy": score}
+                    history.append(entry)
+                    if log:
+                        log(f"generator step {step}/{plan.steps}: loss {entry['loss']:.3f}, over budget "
+                            f"{entry['over_budget']:.1%}, probe accuracy {score:.2%}")
+    generator.load_state_dict(best[2])
+    generator.eval()
+    return {"history": history, "kept_step": best[1], "probe_accuracy": best[0]}
+
+
+@contextmanager
+def on_batch_statistics(model: nn.Module) -> Iterator[None]:
+    """`model` frozen in training mode: BatchNorm normalises by each batch's own statistics and leaves its running
+    statistics untouched; parameters, modes and momenta are restored afterwards."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    requires = [p.requires_grad for p in model.parameters()]
+    modes = [m.training for m in model.modules()]
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in norms:
+        m.momentum = 0.0
+    model.train()
+    try:
+        yield
     finally:
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-    generator.eval()
-    return history
+
+
+def copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class Probe:
+    """Fixed scenarios and training examples that score a generator checkpoint: the mean accuracy of the masked
+    supernet (BatchNorm on batch statistics) for each scenario's choice, fitted to its budget by the mask costs.
+    Scores of a scenario's choice are cached, since most choices repeat between checkpoints."""
+
+    def __init__(self, net: ModularSupernet, data: Split, targets, num_classes: int, plan: GeneratorTraining, seed: int,
+                 full: dict, floors: dict, batch_size: int, device: torch.device):
+        rng = random.Random(seed + 1)
+        order = torch.randperm(len(data.y), generator=torch.Generator().manual_seed(seed + 1))[: plan.probe_examples]
+        self.examples = Split(data.x[order], data.y[order])
+        self.net, self.num_classes, self.batch_size, self.device = net, num_classes, batch_size, device
+        self.reference = targets[0] if targets else None
+        self.scenarios = [(s, r * full[cost_key(s.kind, s.target)]) for s, r in
+                          (sample_scenario(rng, targets, num_classes, plan.subset_share, floors, full)
+                           for _ in range(plan.probe_scenarios))]
+        self.cache: dict[tuple[int, Choice], float] = {}
+
+    @torch.no_grad()
+    def score(self, generator: Generator) -> float:
+        """The mean accuracy over the probe scenarios."""
+        scores = []
+        for i, (scenario, goal) in enumerate(self.scenarios):
+            path = generator.path(context_vector(scenario, self.num_classes))
+            choice = fitted(self.net, path, scenario.kind, scenario.target or self.reference, goal)
+            if (i, choice) not in self.cache:
+                self.cache[i, choice] = self.accuracy(choice, scenario.classes)
+            scores.append(self.cache[i, choice])
+        return sum(scores) / len(scores)
+
+    def accuracy(self, choice: Choice, classes: Optional[tuple[int, ...]]) -> float:
+        split = self.examples.of_classes(list(classes)) if classes else self.examples
+        correct = 0
+        with on_batch_statistics(self.net.supernet.model), self.net.masked(*self.net.masks_of(choice)) as masked:
+            for x, y in zip(split.x.split(self.batch_size), split.y.split(self.batch_size)):
+                out = masked(x.to(self.device))
+                out = out[:, list(classes)] if classes else out
+                correct += int((out.argmax(1).cpu() == y).sum())
+        return correct / max(1, len(split.y))
 
 
 def cost_key(kind: str, target: Optional["TargetProfile"]) -> tuple[str, str]:

@@ -95,5 +95,9 @@ def load_factory(run_dir: Path, input_shape: tuple[int, ...], device) -> tuple[F
         raise RunDirError(f"{model_dir}: its supernet has {net.sizes} modules and {net.depths} blocks, the generator in "
                           f"{folder} was trained for {sizes} and {depths}; rerun the factory stage")
     generator = Generator(context_size(num_classes), sizes, depths, hidden)
-    generator.load_state_dict(safetensors_load(read_aux(folder, GENERATOR)))
+    try:
+        generator.load_state_dict(safetensors_load(read_aux(folder, GENERATOR)))
+    except RuntimeError as e:  # another version's generator: other tensors or shapes
+        raise RunDirError(f"{folder / GENERATOR}: not a generator this version can load ({str(e).splitlines()[0]}); rerun "
+                          f"the factory stage with --no-resume") from None
     return Factory(net, generator.eval().to(torch.device("cpu")), num_classes), spec, recipe
