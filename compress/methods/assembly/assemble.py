@@ -115,10 +115,10 @@ def assemble(factory: Factory, scenario: Scenario, calibration: Split, bn_batche
     seconds, started = {}, time.perf_counter()
     check_scenario(factory, scenario)
     choices = factory.generator.path(context_vector(scenario, factory.num_classes)).along()
-    estimate = lambda c: factory.estimate(c, scenario) <= scenario.value  # noqa: E731
-    choice = choices[max(first_over(lambda i: estimate(choices[i]), 0, len(choices)) - 1, 0)]  # by its own estimate
+    guess = first_over(lambda i: factory.estimate(choices[i], scenario) <= scenario.value, 0, len(choices))
+    choice = choices[max(guess - 1, 0)]  # the generator's own choice, by the mask costs
     seconds["generate"], started = time.perf_counter() - started, time.perf_counter()
-    fitted, repaired = fit_budget(factory, choices, lambda c: factory.fits(c, scenario), estimate)
+    fitted, repaired = fit_budget(factory, choices, lambda c: factory.fits(c, scenario), guess)
     repaired = "" if fitted == choice else repaired
     seconds["repair"], started = time.perf_counter() - started, time.perf_counter()
     model, transforms = factory.build(fitted, scenario.classes)
@@ -128,15 +128,14 @@ def assemble(factory: Factory, scenario: Scenario, calibration: Split, bn_batche
 
 
 def fit_budget(factory: Factory, choices: list[Choice], fits: Callable[[Choice], bool],
-               roughly_fits: Optional[Callable[[Choice], bool]] = None) -> tuple[Choice, str]:
+               guess: Optional[int] = None) -> tuple[Choice, str]:
     """The largest of the nested `choices` (the generator's path) whose extracted model's real cost fits: the
     generator decides where the modules go, the real cost decides how far along its path to go, so a bigger budget
-    never gives a smaller model. When not even the first fits, it is shrunk greedily, widest group first.
-    `roughly_fits`, a cheap estimate of `fits`, finds the place first; the real cost then confirms it (two
+    never gives a smaller model. When not even the first fits, it is shrunk greedily, widest group first. `guess`, the
+    index of the first choice over budget by a cheap estimate, places the search: the real cost then confirms it (two
     extractions where the estimate is right) or searches outward from there."""
     fits_at = lambda i: fits(choices[i])  # noqa: E731
-    low = first_over(fits_at, 0, len(choices)) if roughly_fits is None else \
-        confirmed(fits_at, first_over(lambda i: roughly_fits(choices[i]), 0, len(choices)), len(choices))
+    low = first_over(fits_at, 0, len(choices)) if guess is None else confirmed(fits_at, guess, len(choices))
     if low:
         return choices[low - 1], "scale"
     return greedy_repair(choices[0], fits, lambda c: widest(c, factory.net)), "greedy"

@@ -96,15 +96,24 @@ class Path:
     def along(self) -> list[Choice]:
         """The distinct choices at `POSITIONS` evenly spaced scales from 0 to `top`, smallest first; each holds the one
         before it."""
-        choices = [self.choice(self.top * i / (POSITIONS - 1)) for i in range(POSITIONS)]
-        return [c for i, c in enumerate(choices) if i == 0 or c != choices[i - 1]]
+        counts = self.counts(torch.linspace(0.0, self.top, POSITIONS, dtype=torch.float64)).tolist()
+        return [self.as_choice(c) for i, c in enumerate(counts) if i == 0 or c != counts[i - 1]]
 
     def choice(self, w: float) -> Choice:
         """The hard choice at scale `w`: each group's share rounded to whole modules (at least one), and the blocks
         whose thresholds `w` has reached."""
-        shares = self.shares(torch.tensor(w)).tolist()
-        return Choice(tuple(max(1, int(share * n + 0.5)) for share, n in zip(shares, self.sizes)),
-                      tuple(1 + int((t <= w).sum()) for t in self.thresholds))
+        return self.as_choice(self.counts(torch.tensor([w], dtype=torch.float64))[0].tolist())
+
+    def counts(self, w: torch.Tensor) -> torch.Tensor:
+        """Per scale in `w` (one dimension), the kept modules of every group, then the kept blocks of every stage."""
+        sizes = torch.tensor(self.sizes, dtype=torch.float64)
+        shares = torch.clamp(w[:, None] * self.multipliers.detach().double(), 0.0, 1.0)
+        modules = torch.clamp(torch.floor(shares * sizes + 0.5), min=1).long()
+        blocks = [1 + (t.detach().double()[None, :] <= w[:, None]).sum(1, keepdim=True) for t in self.thresholds]
+        return torch.cat([modules, *blocks], 1)
+
+    def as_choice(self, counts: list[int]) -> Choice:
+        return Choice(tuple(counts[: len(self.sizes)]), tuple(counts[len(self.sizes):]))
 
 
 class Generator(nn.Module):
