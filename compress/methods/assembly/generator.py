@@ -77,7 +77,7 @@ class Path:
     @property
     def top(self) -> float:
         """The smallest scale at which every module and block is kept."""
-        return max([1.0 / float(self.multipliers.min())] + [float(t.max()) for t in self.thresholds if len(t)])
+        return max([1.0 / float(self.multipliers.detach().min())] + [float(t.detach().max()) for t in self.thresholds if len(t)])
 
     def shares(self, w: torch.Tensor) -> torch.Tensor:
         """Each group's kept share of its modules at scale `w`."""
@@ -125,21 +125,22 @@ class Generator(nn.Module):
         self.sizes, self.depths, self.hidden = list(sizes), list(depths), hidden
         self.body = nn.Sequential(nn.Linear(context_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.widths = nn.Linear(hidden, len(self.sizes))
-        self.blocks = nn.Linear(hidden, sum(d - 1 for d in self.depths))
-        for layer in (self.widths, self.blocks):
-            nn.init.zeros_(layer.weight)
+        nn.init.zeros_(self.widths.weight)
         nn.init.zeros_(self.widths.bias)
         steps = []  # softplus^-1 of each block's distance to the previous threshold of its stage
         for d in self.depths:
             values = [BLOCK_START + BLOCK_STEP * (len(steps) + k) for k in range(d - 1)]
             steps += [v - (values[k - 1] if k else 0.0) for k, v in enumerate(values)]
-        with torch.no_grad():
-            self.blocks.bias.copy_(torch.log(torch.expm1(torch.tensor(steps))))
+        self.blocks = nn.Linear(hidden, len(steps)) if steps else None  # None: no residual stage has a later block
+        if self.blocks is not None:
+            nn.init.zeros_(self.blocks.weight)
+            with torch.no_grad():
+                self.blocks.bias.copy_(torch.log(torch.expm1(torch.tensor(steps))))
 
     def forward(self, context: torch.Tensor) -> Path:
         h = self.body(context)
         multipliers = torch.exp(math.log(SPREAD) * torch.tanh(self.widths(h)))
-        steps, thresholds, start = F.softplus(self.blocks(h)), [], 0
+        steps, thresholds, start = F.softplus(self.blocks(h)) if self.blocks is not None else h.new_zeros(0), [], 0
         for d in self.depths:
             thresholds.append(torch.cumsum(steps[start : start + d - 1], 0))
             start += d - 1
