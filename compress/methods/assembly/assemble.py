@@ -74,12 +74,6 @@ class Factory:
             return float(terms["macs"] / self.full_terms["macs"])
         return float(self.net.costs.cost(scenario.kind, terms, scenario.target))
 
-    def relative(self, scenario: Scenario) -> float:
-        """The scenario's budget as a share of the full supernet's cost in the same measure."""
-        if scenario.kind == "macs":
-            return scenario.value
-        return scenario.value / self.cost(self.net.supernet.model, scenario)
-
 
 @dataclass
 class Assembly:

@@ -79,15 +79,11 @@ class Path:
         """The smallest scale at which every module and block is kept."""
         return max([1.0 / float(self.multipliers.detach().min())] + [float(t.detach().max()) for t in self.thresholds if len(t)])
 
-    def shares(self, w: torch.Tensor) -> torch.Tensor:
-        """Each group's kept share of its modules at scale `w`."""
-        return torch.clamp(w * self.multipliers, 0.0, 1.0)
-
     def soft(self, w: torch.Tensor, temperature: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Module keep values (a ramp from 0 to 1 as a module's channels fill in, the first always 1) and block gates
         (a sigmoid of the scale past the block's threshold) at scale `w`."""
         masks = []
-        for share, n in zip(self.shares(w), self.sizes):
+        for share, n in zip(torch.clamp(w * self.multipliers, 0.0, 1.0), self.sizes):
             ramp = torch.clamp(share * n - torch.arange(n, dtype=share.dtype), 0.0, 1.0)
             masks.append(torch.cat([torch.ones(1, dtype=ramp.dtype), ramp[1:]]))
         gates = [torch.cat([torch.ones(1), torch.sigmoid((w - t) / temperature)]) for t in self.thresholds]
@@ -305,6 +301,7 @@ def on_batch_statistics(model: nn.Module) -> Iterator[None]:
 
 
 def copy_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of `module`'s state, to restore a checkpoint from."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
