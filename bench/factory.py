@@ -104,13 +104,15 @@ def main(argv=None) -> None:
              f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}; seeds {args.seeds}. Supernet: "
              f"{ARCH['arch']} {ARCH['kwargs']} trained by `type: slice` for {args.epochs} epochs from scratch (depths 1-2, "
              f"round_to 4). Factory: 4-channel modules, generator {args.generator_epochs:g} epochs (one scenario per batch "
-             f"of 512; of its checkpoints every tenth of the steps, and the untrained path, the one that scores best on 16 "
-             f"probe scenarios is kept), BatchNorm recalibrated on 10 batches of the scenario's classes. Search: population "
+             f"of 512; the switch between the width-first and depth-first orders trained, the paths as they start; of its "
+             f"checkpoints every tenth of the steps, and the untrained one, the one that scores best on 16 probe scenarios "
+             f"is kept), BatchNorm recalibrated on 10 batches of the scenario's classes. Search: population "
              f"{args.population}, {args.generations} generations, fitness = accuracy on 1,000 training examples after "
              f"recalibration; the same cost model and greedy repair. Accuracy: validation split, of the scenario's classes; "
              f"mean over seeds (range). Times: wall seconds on this machine, median over seeds.", "",
-             "| scenario | cost / budget (ours) | ours | prefix rule | search | ours - search | assembly s | search s | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| scenario | cost / budget (ours) | ours | order (per seed) | prefix rule | search | ours - search | assembly s | "
+             "search s | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     gaps_search, gaps_prefix, speedups, worst_assembly, violations = [], [], [], 0.0, 0
     for name in names:
         rows = [r["metrics"]["scenarios"][name] for r in runs]
@@ -125,15 +127,21 @@ def main(argv=None) -> None:
         speedups += [s / a for s, a in zip(search_s, assembly)]
         worst_assembly = max(worst_assembly, max(assembly))
         use = statistics.mean(m["cost"] / m["budget"]["value"] for m in rows)
-        lines.append(f"| {name} | {use:.0%} | {spread(ours)} | {spread(prefix)} | {spread(search)} | "
+        orders = ", ".join(m["order"].split()[0] for m in rows)
+        lines.append(f"| {name} | {use:.0%} | {spread(ours)} | {orders} | {spread(prefix)} | {spread(search)} | "
                      f"{100 * statistics.mean(gap):+.2f} | {statistics.median(assembly):.3f} | "
                      f"{statistics.median(search_s):.1f} | {statistics.median(s / a for s, a in zip(search_s, assembly)):.0f}x |")
+    per_seed = [statistics.mean(m["accuracy"] - m["prefix"]["accuracy"] for m in r["metrics"]["scenarios"].values())
+                for r in runs]
+    beyond = min(per_seed) > 0 and (len(per_seed) < 2 or statistics.mean(per_seed) > statistics.stdev(per_seed))
     stage_s = [r["metrics"]["seconds"] for r in runs]
     generator_s = [r["metrics"]["generator"]["train_seconds"] for r in runs]
     lines += ["", f"Summary over {len(names)} scenarios x {len(runs)} seeds: ours - search {100 * statistics.mean(gaps_search):+.2f} "
               f"points on average (per scenario and seed {100 * min(gaps_search):+.2f} to {100 * max(gaps_search):+.2f}); "
               f"ours - prefix rule {100 * statistics.mean(gaps_prefix):+.2f} ({100 * min(gaps_prefix):+.2f} to "
-              f"{100 * max(gaps_prefix):+.2f}); assembly at most {worst_assembly:.2f} s per scenario (generate, repair, "
+              f"{100 * max(gaps_prefix):+.2f}), per seed {', '.join(f'{100 * g:+.2f}' for g in per_seed)}: "
+              f"{'ahead in every seed, the mean above the standard deviation over seeds' if beyond else 'not beyond the seed spread'}"
+              f"{f' ({100 * statistics.stdev(per_seed):.2f})' if len(per_seed) > 1 else ''}; assembly at most {worst_assembly:.2f} s per scenario (generate, repair, "
               f"BatchNorm; after a one-time load); search / assembly {statistics.median(speedups):.0f}x median "
               f"({min(speedups):.0f}-{max(speedups):.0f}x); budget violations {violations} (ours, prefix and search). "
               f"Kept generator checkpoints (step of {runs[0]['metrics']['generator']['steps']}, per seed): "

@@ -77,9 +77,10 @@ def assemble_command(run_dir: Path, target_name: str, budget: dict[str, Optional
                                                 cfg.data.eval_batch_size, variant=entry.label, seconds=seconds)
         accuracy = accuracy_of(assembly.model, data.val, scenario.classes, cfg.data.eval_batch_size, "cpu")
         report = {"run_dir": str(run_dir), "target": target.name, "scenario": entry.model_dump(mode="json"),
-                  "choice": choice_json(assembly.choice), "cost": assembly.cost, "repaired": assembly.repaired,
-                  "val_accuracy": accuracy, "seconds": seconds, "model": model_spec.model_dump(mode="json"),
-                  "artifacts": [a.to_dict() for a in artifacts], "deploy": deploy}
+                  "choice": choice_json(assembly.choice), "order": assembly.order, "cost": assembly.cost,
+                  "repaired": assembly.repaired, "val_accuracy": accuracy, "seconds": seconds,
+                  "model": model_spec.model_dump(mode="json"), "artifacts": [a.to_dict() for a in artifacts],
+                  "deploy": deploy}
         atomic_write(out / "report.json", to_json(report))
     if not quiet:
         print_lines(report, out)
@@ -93,6 +94,7 @@ def print_lines(report: dict, out: Path) -> None:
     for step in STEPS:
         print(f"{step:<9} {report['seconds'][step]:8.3f} s")
     kind = next(k for k in ("latency_ms", "macs", "size_kb") if report["scenario"][k] is not None)
-    print(f"assembled {report['scenario']['name'] or out.name}: {kind} {report['cost']:.4g} <= {report['scenario'][kind]:g}"
-          f"{' (repaired: ' + report['repaired'] + ')' if report['repaired'] else ''}, val accuracy {report['val_accuracy']:.2%}")
+    repaired = f" (repaired: {report['repaired']})" if report["repaired"] else ""
+    print(f"assembled {report['scenario']['name'] or out.name} ({report['order']}): {kind} {report['cost']:.4g} <= "
+          f"{report['scenario'][kind]:g}{repaired}, val accuracy {report['val_accuracy']:.2%}")
     print(f"wrote {out}/ (report.json; deploy: {report['deploy']['path'] if report['deploy'] else 'none'})")

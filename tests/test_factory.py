@@ -13,7 +13,8 @@ from compress.checkpoint import VARIANTS, load_model_dir
 from compress.cli import main
 from compress.methods.assembly.assemble import Factory, assemble, fit_budget, prefix_choice
 from compress.methods.assembly.generator import (Generator, GeneratorTraining, Probe, Scenario, at_budget, context_size,
-                                                context_vector, first_over, reference_costs, train_generator)
+                                                context_vector, copy_state, first_over, fitted, on_batch_statistics, path_loss,
+                                                reference_costs, routed, scenario_loss, train_generator)
 from compress.methods.assembly.modules import Choice, ModularSupernet
 from compress.methods.budget import target_costs
 from compress.methods.slicing.supernet import nested
@@ -75,31 +76,95 @@ def test_gradients_reach_the_module_masks(tiny_data):
     assert all(m.grad is not None and m.grad.abs().sum() > 0 for m in masks)
 
 
-def test_an_untrained_path_widens_uniformly_then_adds_blocks_and_stays_nested():
-    net = tiny_net()
-    path = Generator(context_size(10), net.sizes, net.depths).path(context_vector(Scenario("macs", 0.5, TARGETS[0]), 10))
-    assert path.choice(0.99) == Choice(tuple(net.sizes), (1, 1)) and path.choice(path.top) == net.largest
-    half = path.choice(0.5)
-    assert all(abs(n / size - 0.5) <= 0.5 / size for n, size in zip(half.modules, net.sizes)), half
+def assert_nested(path) -> None:
     counts = [path.choice(path.top * i / 63) for i in range(64)]
     for a, b in zip(counts, counts[1:]):  # every module and block only ever enters
         assert all(x <= y for x, y in zip(a.modules + a.blocks, b.modules + b.blocks)), (a, b)
+
+
+def test_the_untrained_orders_widen_uniformly_around_whole_blocks_and_stay_nested():
+    net = tiny_net()
+    paths, switch = Generator(context_size(10), net.sizes, net.depths)(context_vector(Scenario("macs", 0.5, TARGETS[0]), 10))
+    width_first, depth_first = paths["width first"], paths["depth first"]
+    assert float(switch.detach()) == pytest.approx(0.5)
+    assert width_first.choice(0.99) == Choice(tuple(net.sizes), (1, 1)) and width_first.choice(width_first.top) == net.largest
+    assert depth_first.choice(0.24).blocks == (1, 1) and depth_first.choice(0.28) == Choice((1, 1, 1, 1, 1, 1), (2, 2))
+    assert depth_first.choice(depth_first.top) == net.largest
+    for path in (width_first, depth_first):
+        half = path.choice(0.5)
+        assert all(abs(n / size - 0.5) <= 0.5 / size for n, size in zip(half.modules, net.sizes)), half
+        assert_nested(path)
+
+
+def test_the_switch_routes_budgets_to_both_orders_and_the_cost_never_falls():
+    net = tiny_net()
+    paths, switch = Generator(context_size(10), net.sizes, net.depths).plan(context_vector(Scenario("macs", 0.5, TARGETS[0]), 10))
+    full, floor = (float(net.costs.terms(*net.masks_of(c))["macs"]) for c in (net.largest, net.smallest))
+    fit = lambda path, share: fitted(net, path, "macs", None, share * full)  # noqa: E731
+    shares = [floor / full + (1 - floor / full) * k / 40 for k in range(40)] + [1.0]
+    routes = [routed(paths, switch, share, floor / full, fit) for share in shares]
+    costs = [float(net.costs.terms(*net.masks_of(choice))["macs"]) for choice, _ in routes]
+    assert costs == sorted(costs) and costs[-1] == full
+    orders = [order for _, order in routes]
+    assert orders[0] == "depth first" and orders[-1] == "width first"
+    fill = lambda path, goal: ((path, goal), goal * (0.6 if path == "W" else 1.0))  # noqa: E731  width first fills 60%
+    paths = {"width first": "W", "depth first": "D"}
+    assert routed(paths, 0.5, 0.6, 0.1, fill) == (("D", 0.5), "depth first")  # 0.36 < 0.5: depth first's at the switch
+    assert routed(paths, 0.5, 0.9, 0.1, fill) == (("W", 0.9), "width first")
+    assert routed(paths, 0.05, 0.2, 0.1, fill) == (("W", 0.2), "width first")  # a switch below the floor
 
 
 def test_training_solves_the_scale_that_meets_the_budget_and_differentiates_through_it():
     net = tiny_net()
     generator = Generator(context_size(10), net.sizes, net.depths, hidden=16)
     for kind in ("macs", "latency_ms", "size_kb"):
-        path = generator(context_vector(Scenario(kind, 1.0, TARGETS[1]), 10))
-        full, floor = (float(net.costs.cost(kind, net.costs.terms(*net.masks_of(c)), TARGETS[1]))
-                       for c in (net.largest, net.smallest))
-        goal = floor + 0.4 * (full - floor)
-        w = at_budget(net, path, kind, TARGETS[1], goal, 0.02)
-        cost = net.costs.cost(kind, net.costs.terms(*path.soft(w.detach(), 0.02)), TARGETS[1])
-        assert float(cost.detach()) == pytest.approx(goal, rel=1e-3), kind
-        generator.zero_grad()
-        w.backward()
-        assert sum(float(p.grad.abs().sum()) for p in (generator.widths.bias, generator.blocks.bias)) > 0, kind
+        for order, path in generator(context_vector(Scenario(kind, 1.0, TARGETS[1]), 10))[0].items():
+            full, floor = (float(net.costs.cost(kind, net.costs.terms(*net.masks_of(c)), TARGETS[1]))
+                           for c in (net.largest, net.smallest))
+            goal = floor + 0.4 * (full - floor)
+            w = at_budget(net, path, kind, TARGETS[1], goal, 0.02)
+            cost = net.costs.cost(kind, net.costs.terms(*path.soft(w.detach(), 0.02)), TARGETS[1])
+            assert float(cost.detach()) == pytest.approx(goal, rel=1e-3), (kind, order)
+            generator.zero_grad()
+            w.backward(retain_graph=True)
+            assert sum(float(p.grad.abs().sum()) for p in (generator.widths.bias, generator.blocks.bias)) > 0, (kind, order)
+
+
+@pytest.mark.parametrize("train_paths", [False, True])
+def test_training_moves_the_switch_and_the_paths_only_when_asked(tiny_data, train_paths):
+    net, scenario = tiny_net(), Scenario("latency_ms", 1.0, TARGETS[1], (0, 2, 5))
+    generator, plan = Generator(context_size(10), net.sizes, net.depths, hidden=16), GeneratorTraining(1, train_paths=train_paths)
+    full = float(net.costs.cost("latency_ms", net.costs.terms(*net.masks_of(net.largest)), TARGETS[1]))
+    before, optimizer = copy_state(generator), torch.optim.Adam(generator.parameters_to_train(train_paths), lr=0.01)
+    split = tiny_data.train.of_classes([0, 2, 5])
+    with on_batch_statistics(net.supernet.model):
+        for relative in (0.3, 0.6, 0.9):
+            optimizer.zero_grad()
+            scenario_loss(net, generator, context_vector(scenario, 10), scenario, TARGETS[1], full, relative, split.x[:32],
+                          split.y[:32], plan)[0].backward()
+            optimizer.step()
+    moved = {name for name, value in copy_state(generator).items() if not torch.equal(value, before[name])}
+    heads = {"widths.weight", "widths.bias", "blocks.weight", "blocks.bias"}
+    assert "switch.bias" in moved and (heads <= moved if train_paths else not heads & moved), moved
+
+
+def test_the_switch_moves_to_hand_a_budget_to_the_order_whose_loss_is_lower(tiny_data):
+    net, scenario = tiny_net(), Scenario("macs", 0.3, TARGETS[0])
+    generator = Generator(context_size(10), net.sizes, net.depths, hidden=16)
+    context, plan = context_vector(scenario, 10), GeneratorTraining(steps=1)
+    full = float(net.costs.terms(*net.masks_of(net.largest))["macs"])
+    x, y = tiny_data.train.x[:64], tiny_data.train.y[:64]
+    with on_batch_statistics(net.supernet.model):
+        losses = {order: float(path_loss(net, path, scenario, None, 0.3 * full, x, y, plan)[0].detach())
+                  for order, path in generator(context)[0].items()}
+        assert abs(losses["width first"] - losses["depth first"]) > 1e-3  # different models at this budget
+        optimizer = torch.optim.Adam(generator.switch.parameters(), lr=0.1)
+        for _ in range(30):
+            optimizer.zero_grad()
+            scenario_loss(net, generator, context, scenario, None, full, 0.3, x, y, plan)[0].backward()
+            optimizer.step()
+    switch = generator.plan(context)[1]
+    assert (switch < 0.3) == (losses["width first"] < losses["depth first"]), (switch, losses)
 
 
 def test_training_keeps_the_checkpoint_that_scores_best_on_the_probe(training, tiny_data):
@@ -137,7 +202,7 @@ def test_the_cost_estimate_only_speeds_up_the_budget_fit(trained):
         floor = trained.cost(trained.build(trained.net.smallest, None)[0], Scenario(kind, 1.0, target))
         full = trained.cost(trained.net.supernet.model, Scenario(kind, 1.0, target))
         scenario = Scenario(kind, rng.uniform(floor, full), target, (1, 4, 8) if i % 2 else None)
-        choices, calls = trained.generator.path(context_vector(scenario, 10)).along(), []
+        choices, calls = trained.generator.plan(context_vector(scenario, 10))[0][("width first", "depth first")[i % 2]].along(), []
 
         def fits(choice):
             calls.append(choice)
@@ -237,6 +302,7 @@ def test_assemble_command_end_to_end(run, capsys, tmp_path):
     report = json.loads((folder / "report.json").read_text())
     assert report["cost"] <= 0.4 and report["deploy"] and (folder / "model.fp32.onnx").is_file()
     assert report["model"]["classes"] == [1, 3]
+    assert report["order"] in ("width first", "depth first") and f"({report['order']})" in out
     assert main(["assemble", str(run), "--target", "jetson-orin-nano", "--latency-ms", "1e-6"]) == 2
     assert "the smallest achievable is" in capsys.readouterr().err
     assert main(["assemble", str(run), "--target", "jetson-orin-nano", "--macs", "0.4", "--classes", "3,99"]) == 2

@@ -23,7 +23,7 @@ from ...training import evaluate
 from ..budget import target_costs
 from ..pruning.masks import layers_in_order
 from ..slicing.training import recalibrate_bn
-from .generator import Generator, Scenario, context_vector, first_over
+from .generator import Generator, Path, Scenario, context_vector, first_over, routed
 from .modules import Choice, ModularSupernet
 
 UNITS = {"latency_ms": "ms", "macs": "of the supernet's MACs", "size_kb": "kB"}
@@ -82,6 +82,7 @@ class Assembly:
     transforms: list
     cost: float
     repaired: str  # "" (the generator's own estimate), "scale" (another point of its path) or "greedy"
+    order: str  # of the generator's path it came from
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -94,31 +95,41 @@ def cut_head(linear: nn.Linear, classes: list[int]) -> None:
     linear.out_features = len(classes)
 
 
-def check_scenario(factory: Factory, scenario: Scenario) -> None:
-    """A ConfigError when even the smallest sub-network is over the budget, naming the smallest achievable cost."""
+def check_scenario(factory: Factory, scenario: Scenario) -> float:
+    """The smallest sub-network's cost; a ConfigError naming it when even that is over the budget."""
     floor = factory.cost(factory.build(factory.net.smallest, scenario.classes)[0], scenario)
     if floor > scenario.value:
         raise ConfigError(f"budget {scenario.kind} {scenario.value:g} is below the smallest possible sub-network: the "
                           f"smallest achievable is {floor:.4g} {UNITS[scenario.kind]}" +
                           (f" on target {scenario.target.name}" if scenario.kind != "macs" else ""))
+    return floor
 
 
 def assemble(factory: Factory, scenario: Scenario, calibration: Split, bn_batches: int, batch_size: int,
              device: torch.device, seed: int = 0) -> Assembly:
-    """The model for `scenario`: generate, repair, build, recalibrate BatchNorm; each step's wall time recorded."""
+    """The model for `scenario`: generate (the generator's paths and switch), repair (each path that `routed` asks for
+    fitted to its budget on real costs; which of two fits costs more, by the mask costs), build, recalibrate
+    BatchNorm; each step's wall time recorded."""
     seconds, started = {}, time.perf_counter()
-    check_scenario(factory, scenario)
-    choices = factory.generator.path(context_vector(scenario, factory.num_classes)).along()
-    guess = first_over(lambda i: factory.estimate(choices[i], scenario) <= scenario.value, 0, len(choices))
-    choice = choices[max(guess - 1, 0)]  # the generator's own choice, by the mask costs
+    floor = check_scenario(factory, scenario)
+    paths, switch = factory.generator.plan(context_vector(scenario, factory.num_classes))
     seconds["generate"], started = time.perf_counter() - started, time.perf_counter()
-    fitted, repaired = fit_budget(factory, choices, lambda c: factory.fits(c, scenario), guess)
-    repaired = "" if fitted == choice else repaired
+    repairs: dict[Choice, str] = {}
+
+    def fit(path: Path, goal: float) -> tuple[Choice, float]:
+        budget, choices = replace(scenario, value=goal), path.along()
+        guess = first_over(lambda i: factory.estimate(choices[i], budget) <= goal, 0, len(choices))
+        choice, how = fit_budget(factory, choices, lambda c: factory.fits(c, budget), guess)
+        repairs[choice] = "" if choice == choices[max(guess - 1, 0)] else how  # "": the mask costs' own choice
+        return choice, factory.estimate(choice, scenario)
+
+    full = factory.estimate(factory.net.largest, scenario)
+    fitted, order = routed(paths, switch * full, scenario.value, floor, fit)
     seconds["repair"], started = time.perf_counter() - started, time.perf_counter()
     model, transforms = factory.build(fitted, scenario.classes)
     calibrate(model, calibration, scenario.classes, bn_batches, batch_size, device, seed)
     seconds["bn"] = time.perf_counter() - started
-    return Assembly(fitted, model, transforms, factory.cost(model, scenario), repaired, seconds)
+    return Assembly(fitted, model, transforms, factory.cost(model, scenario), repairs[fitted], order, seconds)
 
 
 def fit_budget(factory: Factory, choices: list[Choice], fits: Callable[[Choice], bool],

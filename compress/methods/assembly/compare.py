@@ -43,7 +43,7 @@ def measure_scenario(factory: Factory, scenario: Scenario, cfg, ctx: "RunContext
     prefix_accuracy, prefix_cost = evaluated(prefix, val)
     metrics = {"budget": {"kind": scenario.kind, "value": scenario.value, "target": scenario.target.name},
                "classes": list(classes) if classes else None, "choice": choice_json(assembly.choice),
-               "cost": assembly.cost, "repaired": assembly.repaired, "seconds": assembly.seconds,
+               "order": assembly.order, "cost": assembly.cost, "repaired": assembly.repaired, "seconds": assembly.seconds,
                "assembly_seconds": sum(assembly.seconds.values()), "accuracy": accuracy,
                "prefix": {"choice": choice_json(prefix), "cost": prefix_cost, "accuracy": prefix_accuracy}}
     if cfg.search is not None:

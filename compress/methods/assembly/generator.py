@@ -3,11 +3,16 @@ task's classes) to an assembly path through the supernet's modules, trained once
 a width multiplier per slice group and, per residual stage, the scale values at which its later blocks enter; at
 scale w a group keeps the share min(1, w * multiplier) of its modules and a stage every block whose value is at most
 w. The budget decides w (the largest scale whose model fits), so a bigger budget never gives a smaller model and the
-models of one scenario are nested. Untrained, the path widens every group uniformly at depth 1, then adds whole
-blocks (the SortedNet supernet's widths first). Training relaxes the path to soft module ramps and block gates, solves
-w so that the soft model's cost meets a sampled budget exactly (gradients pass through that solve implicitly), and
-minimises the masked supernet's task loss on the scenario's classes (plus, optionally, a penalty on the rounded
-model's cost above the budget); the checkpoint that scores best on fixed probe scenarios is kept."""
+models of one path are nested. The generator gives a path in each of two orders (`ORDERS`) and a switch budget:
+untrained, width first widens every group uniformly at depth 1, then adds whole blocks; depth first widens uniformly
+at depth 1 to the narrowest width the supernet was trained at, adds every block, then widens on (the SortedNet grid's
+deepest layouts). Budgets up to the switch take the depth-first path, larger ones the width-first path unless depth
+first's model at the switch costs more (`routed`), so a bigger budget still never gives a smaller model. Training
+relaxes each path to soft module ramps and block gates, solves w so that the soft model's cost meets a sampled
+budget, and scores each order by the masked supernet's task loss on the scenario's classes (plus, optionally, a
+penalty on the rounded model's cost above the budget); the switch moves towards the budgets where the two orders'
+losses cross. Optionally the paths learn too, through the solve by the implicit function theorem. The checkpoint that
+scores best on fixed probe scenarios is kept."""
 from __future__ import annotations
 
 import math
@@ -61,7 +66,11 @@ def context_vector(scenario: Scenario, num_classes: int) -> torch.Tensor:
 
 
 SPREAD = 2.0  # a group's width multiplier lies in [1 / SPREAD, SPREAD]
-BLOCK_START, BLOCK_STEP = 1.0, 0.15  # untrained, the later blocks enter one by one once every group is at full width
+ORDERS = ("width first", "depth first")
+# Where the later blocks enter along the untrained paths: width first from scale 1.0 (every group at full width) in
+# steps of 0.15; depth first from the supernet's narrowest trained width in steps of 0.01.
+WIDTH_FIRST_BLOCKS, DEPTH_FIRST_STEP = (1.0, 0.15), 0.01
+SWITCH, SWITCH_WIDTH = 0.5, 0.25  # the untrained switch budget (a share of the full cost); the gate's width in log budget
 POSITIONS = 256  # scales sampled along a path to list its choices
 
 
@@ -113,39 +122,71 @@ class Path:
 
 
 class Generator(nn.Module):
-    """Scenario context -> the scenario's `Path` through the modules of every slice group and the blocks of every
-    residual stage."""
+    """Scenario context -> a `Path` through the modules of every slice group and the blocks of every residual stage
+    in each of the `ORDERS`, and the switch budget between them (a share of the full supernet's cost). `narrowest` is
+    the narrowest width the supernet was trained at (a share of full width), where depth first adds the blocks."""
 
-    def __init__(self, context_size: int, sizes: list[int], depths: list[int], hidden: int = 64):
+    def __init__(self, context_size: int, sizes: list[int], depths: list[int], hidden: int = 64, narrowest: float = 0.25):
         super().__init__()
-        self.sizes, self.depths, self.hidden = list(sizes), list(depths), hidden
+        self.sizes, self.depths, self.hidden, self.narrowest = list(sizes), list(depths), hidden, narrowest
         self.body = nn.Sequential(nn.Linear(context_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.widths = nn.Linear(hidden, len(self.sizes))
-        nn.init.zeros_(self.widths.weight)
-        nn.init.zeros_(self.widths.bias)
-        steps = []  # softplus^-1 of each block's distance to the previous threshold of its stage
-        for d in self.depths:
-            values = [BLOCK_START + BLOCK_STEP * (len(steps) + k) for k in range(d - 1)]
-            steps += [v - (values[k - 1] if k else 0.0) for k, v in enumerate(values)]
+        self.switch = nn.Linear(hidden, 1)  # log of the switch budget
+        self.widths = nn.Linear(hidden, len(ORDERS) * len(self.sizes))
+        for layer in (self.switch, self.widths):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.switch.bias, math.log(SWITCH))
+        steps = []  # per order, softplus^-1 of each block's distance to the previous threshold of its stage
+        for start, step in (WIDTH_FIRST_BLOCKS, (narrowest, DEPTH_FIRST_STEP)):
+            entered = 0  # later blocks before this stage's, in the order
+            for d in self.depths:
+                values = [start + step * (entered + k) for k in range(d - 1)]
+                steps += [v - (values[k - 1] if k else 0.0) for k, v in enumerate(values)]
+                entered += d - 1
         self.blocks = nn.Linear(hidden, len(steps)) if steps else None  # None: no residual stage has a later block
         if self.blocks is not None:
             nn.init.zeros_(self.blocks.weight)
             with torch.no_grad():
                 self.blocks.bias.copy_(torch.log(torch.expm1(torch.tensor(steps))))
 
-    def forward(self, context: torch.Tensor) -> Path:
+    def forward(self, context: torch.Tensor) -> tuple[dict[str, Path], torch.Tensor]:
         h = self.body(context)
-        multipliers = torch.exp(math.log(SPREAD) * torch.tanh(self.widths(h)))
-        steps, thresholds, start = F.softplus(self.blocks(h)) if self.blocks is not None else h.new_zeros(0), [], 0
-        for d in self.depths:
-            thresholds.append(torch.cumsum(steps[start : start + d - 1], 0))
-            start += d - 1
-        return Path(multipliers, thresholds, self.sizes)
+        multipliers = torch.exp(math.log(SPREAD) * torch.tanh(self.widths(h))).view(len(ORDERS), -1)
+        steps = (F.softplus(self.blocks(h)) if self.blocks is not None else h.new_zeros(0)).view(len(ORDERS), -1)
+        paths = {order: Path(m, self.thresholds(s), self.sizes) for m, s, order in zip(multipliers, steps, ORDERS)}
+        return paths, torch.exp(self.switch(h)[0])
+
+    def thresholds(self, steps: torch.Tensor) -> list[torch.Tensor]:
+        """Each residual stage's block thresholds: the running sums of its steps."""
+        starts = [sum(d - 1 for d in self.depths[:i]) for i in range(len(self.depths) + 1)]
+        return [torch.cumsum(steps[a:b], 0) for a, b in zip(starts, starts[1:])]
+
+    def parameters_to_train(self, paths: bool) -> list[nn.Parameter]:
+        """What training updates: the body and the switch, and with `paths` also each order's path."""
+        modules = [self.body, self.switch]
+        if paths:
+            modules += [self.widths] + ([self.blocks] if self.blocks is not None else [])
+        return [p for module in modules for p in module.parameters()]
 
     @torch.no_grad()
-    def path(self, context: torch.Tensor) -> Path:
-        """The scenario's path, without gradients."""
-        return self(context)
+    def plan(self, context: torch.Tensor) -> tuple[dict[str, Path], float]:
+        """The scenario's paths and switch budget, without gradients."""
+        paths, switch = self(context)
+        return paths, float(switch)
+
+
+def routed(paths: dict[str, Path], switch: float, goal: float, floor: float,
+           fit: Callable[[Path, float], tuple[Choice, float]]) -> tuple[Choice, str]:
+    """The choice for budget `goal` and its order: depth first up to the `switch` budget; above it width first, unless
+    depth first's choice at the switch costs more. Each order's fits grow with the budget, so a bigger budget never
+    gives a smaller model. `fit(path, goal)` gives the largest choice along `path` within `goal` and its cost;
+    `floor` is the smallest sub-network's cost (at a switch below it, width first only). Budgets are in one unit,
+    e.g. shares of the full supernet's cost."""
+    if goal <= switch:
+        return fit(paths["depth first"], goal)[0], "depth first"
+    above = fit(paths["width first"], goal)
+    below = fit(paths["depth first"], switch) if switch >= floor else None
+    return (below[0], "depth first") if below is not None and below[1] > above[1] else (above[0], "width first")
 
 
 def solve_scale(net: ModularSupernet, path: Path, kind: str, target, goal: float, temperature: float,
@@ -168,11 +209,13 @@ def first_over(fits_at: Callable[[int], bool], low: int, high: int) -> int:
     return low
 
 
-def fitted(net: ModularSupernet, path: Path, kind: str, target, goal: float) -> Choice:
-    """The largest choice along `path` whose mask cost is within `goal` (the first choice when none is)."""
+def fitted(net: ModularSupernet, path: Path, kind: str, target, goal: float) -> tuple[Choice, float]:
+    """The largest choice along `path` whose mask cost is within `goal` (the first choice when none is), and its
+    mask cost."""
     choices = path.along()
-    fits = lambda i: float(net.costs.cost(kind, net.costs.terms(*net.masks_of(choices[i])), target)) <= goal  # noqa: E731
-    return choices[max(first_over(fits, 0, len(choices)) - 1, 0)]
+    cost = lambda i: float(net.costs.cost(kind, net.costs.terms(*net.masks_of(choices[i])), target))  # noqa: E731
+    index = max(first_over(lambda i: cost(i) <= goal, 0, len(choices)) - 1, 0)
+    return choices[index], cost(index)
 
 
 def at_budget(net: ModularSupernet, path: Path, kind: str, target, goal: float, temperature: float) -> torch.Tensor:
@@ -196,6 +239,7 @@ class GeneratorTraining:
     lr: float = 3e-3
     budget_penalty: float = 0.0
     temperature: float = 0.02  # of the block gates, in units of the scale
+    train_paths: bool = False  # the paths too, not only the switch
     subset_share: float = 0.5  # share of sampled scenarios with a class subset
     probe_scenarios: int = 16  # fixed scenarios that score each checkpoint
     probe_examples: int = 2048  # training examples they are scored on
@@ -220,11 +264,11 @@ def train_generator(net: ModularSupernet, generator: Generator, data: Split, bat
     """Train `generator` on sampled scenarios, one per batch, with the supernet frozen (BatchNorm on batch statistics,
     running statistics untouched). Every tenth of the steps, and before the first, the generator is scored on fixed
     probe scenarios (`probe_accuracy`); the best-scoring checkpoint is kept. Returns the history (probe accuracy, and
-    after step 0 the loss and the rounded model's budget overshoot) and the kept step."""
+    after step 0 the gate-weighted loss and budget overshoot of the rounded models) and the kept step."""
     rng = random.Random(seed)
     full, floors = reference_costs(net, targets)
     reference = targets[0] if targets else None
-    optimizer = torch.optim.Adam(generator.parameters(), lr=plan.lr)
+    optimizer = torch.optim.Adam(generator.parameters_to_train(plan.train_paths), lr=plan.lr)
     probe = Probe(net, data, targets, num_classes, plan, seed, full, floors, batch_size, device)
     loader, step = BatchLoader(data, batch_size, shuffle=True, seed=seed), 0
     generator.train()
@@ -244,17 +288,8 @@ def train_generator(net: ModularSupernet, generator: Generator, data: Split, bat
                     if len(y) == 0:
                         continue
                 target, scale = scenario.target or reference, full[cost_key(scenario.kind, scenario.target)]
-                path = generator(context_vector(scenario, num_classes))
-                w = at_budget(net, path, scenario.kind, target, relative * scale, plan.temperature)
-                masks, gates = path.soft(w, plan.temperature)
-                with net.masked(masks, gates) as masked:
-                    out = masked(x)
-                if scenario.classes:
-                    out = out[:, list(scenario.classes)]
-                hard = net.masks_of(path.choice(float(w.detach())))
-                rounded = net.costs.terms(straight_through(hard[0], masks), straight_through(hard[1], gates))
-                over = F.relu(net.costs.cost(scenario.kind, rounded, target) / scale / relative - 1.0)
-                loss = F.cross_entropy(out, y) + plan.budget_penalty * over.to(out.device)
+                loss, expected, over = scenario_loss(net, generator, context_vector(scenario, num_classes), scenario, target,
+                                                     scale, relative, x, y, plan)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -263,8 +298,7 @@ def train_generator(net: ModularSupernet, generator: Generator, data: Split, bat
                     score = probe.score(generator)
                     if score > best[0]:
                         best = (score, step, copy_state(generator))
-                    entry = {"step": step, "loss": float(loss.detach()), "over_budget": float(over.detach()),
-                             "probe_accuracy": score}
+                    entry = {"step": step, "loss": expected, "over_budget": over, "probe_accuracy": score}
                     history.append(entry)
                     if log:
                         log(f"generator step {step}/{plan.steps}: loss {entry['loss']:.3f}, over budget "
@@ -272,6 +306,41 @@ def train_generator(net: ModularSupernet, generator: Generator, data: Split, bat
     generator.load_state_dict(best[2])
     generator.eval()
     return {"history": history, "kept_step": best[1], "probe_accuracy": best[0]}
+
+
+def scenario_loss(net: ModularSupernet, generator: Generator, context: torch.Tensor, scenario: Scenario, target,
+                  full: float, relative: float, x: torch.Tensor, y: torch.Tensor,
+                  plan: GeneratorTraining) -> tuple[torch.Tensor, float, float]:
+    """The generator's training objective for one scenario (`context`), budget (`relative` x the `full` cost) and
+    batch: the switch learns from both orders' losses (`path_loss`), weighed by a soft gate on the budget (width first
+    above the switch), so it moves to where they cross; with `plan.train_paths` each order's path also learns from its
+    own loss. Also returns the gate-weighted loss and overshoot."""
+    paths, switch = generator(context)
+    with torch.set_grad_enabled(plan.train_paths):
+        losses, overs = (torch.stack(t).cpu() for t in zip(*(path_loss(net, path, scenario, target, relative * full, x, y, plan)
+                                                             for path in paths.values())))
+    width_first = torch.sigmoid((math.log(relative) - torch.log(switch)) / SWITCH_WIDTH)
+    weights = torch.stack([width_first, 1 - width_first])  # in the order of ORDERS
+    expected, over = (float((weights.detach() * t.detach()).sum()) for t in (losses, overs))
+    return (losses.sum() if plan.train_paths else 0.0) + (weights * losses.detach()).sum(), expected, over
+
+
+def path_loss(net: ModularSupernet, path: Path, scenario: Scenario, target, goal: float, x: torch.Tensor,
+              y: torch.Tensor, plan: GeneratorTraining) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of `path` for one scenario and batch: the masked supernet's cross-entropy at the scale whose
+    soft model meets `goal` (differentiable in the path when `plan.train_paths`), plus the penalty on the rounded
+    model's relative cost above it; and that overshoot."""
+    w = (at_budget(net, path, scenario.kind, target, goal, plan.temperature) if plan.train_paths else
+         torch.tensor(solve_scale(net, path, scenario.kind, target, goal, plan.temperature)))
+    masks, gates = path.soft(w, plan.temperature)
+    with net.masked(masks, gates) as masked:
+        out = masked(x)
+    if scenario.classes:
+        out = out[:, list(scenario.classes)]
+    hard = net.masks_of(path.choice(float(w.detach())))
+    rounded = net.costs.terms(straight_through(hard[0], masks), straight_through(hard[1], gates))
+    over = F.relu(net.costs.cost(scenario.kind, rounded, target) / goal - 1.0).to(out.device)
+    return F.cross_entropy(out, y) + plan.budget_penalty * over, over
 
 
 @contextmanager
@@ -316,19 +385,21 @@ class Probe:
         order = torch.randperm(len(data.y), generator=torch.Generator().manual_seed(seed + 1))[: plan.probe_examples]
         self.examples = Split(data.x[order], data.y[order])
         self.net, self.num_classes, self.batch_size, self.device = net, num_classes, batch_size, device
+        self.full, self.floors = full, floors
         self.reference = targets[0] if targets else None
-        self.scenarios = [(s, r * full[cost_key(s.kind, s.target)]) for s, r in
-                          (sample_scenario(rng, targets, num_classes, plan.subset_share, floors, full)
-                           for _ in range(plan.probe_scenarios))]
+        self.scenarios = [sample_scenario(rng, targets, num_classes, plan.subset_share, floors, full)
+                          for _ in range(plan.probe_scenarios)]
         self.cache: dict[tuple[int, Choice], float] = {}
 
     @torch.no_grad()
     def score(self, generator: Generator) -> float:
         """The mean accuracy over the probe scenarios."""
         scores = []
-        for i, (scenario, goal) in enumerate(self.scenarios):
-            path = generator.path(context_vector(scenario, self.num_classes))
-            choice = fitted(self.net, path, scenario.kind, scenario.target or self.reference, goal)
+        for i, (scenario, relative) in enumerate(self.scenarios):
+            paths, switch = generator.plan(context_vector(scenario, self.num_classes))
+            key, target = cost_key(scenario.kind, scenario.target), scenario.target or self.reference
+            fit = lambda path, share: fitted(self.net, path, scenario.kind, target, share * self.full[key])  # noqa: E731
+            choice, _ = routed(paths, switch, relative, self.floors[key], fit)
             if (i, choice) not in self.cache:
                 self.cache[i, choice] = self.accuracy(choice, scenario.classes)
             scores.append(self.cache[i, choice])

@@ -48,7 +48,8 @@ def supernet_source(label: Optional[str], ctx: "RunContext"):
     variant = full if full in read_spec(folder).variants else None
     model, spec, _ = load_model_dir(folder / VARIANTS / variant if variant else folder, ctx.device)
     source = {"stage": label, "folder": folder.name, "variant": variant, "subnet": full,
-              "residual_stages": metrics.get("residual_stages") or []}
+              "residual_stages": metrics.get("residual_stages") or [],
+              "narrowest": min(subnet["width"] for subnet in subnets.values())}
     return model, spec, source
 
 
@@ -87,6 +88,7 @@ def load_factory(run_dir: Path, input_shape: tuple[int, ...], device) -> tuple[F
             model_dir = model_dir / VARIANTS / safe_name(source["variant"])
         sizes, depths = list(recipe["sizes"]), list(recipe["depths"])
         num_classes, hidden, channels = int(recipe["num_classes"]), int(recipe["hidden"]), int(recipe["module_channels"])
+        narrowest = float(source["narrowest"])
     except (KeyError, TypeError, ValueError) as e:
         raise RunDirError(f"{folder / RECIPE}: corrupt ({type(e).__name__}: {e}); rerun the factory stage with --no-resume") from None
     model, spec, _ = load_model_dir(model_dir, device)
@@ -94,7 +96,7 @@ def load_factory(run_dir: Path, input_shape: tuple[int, ...], device) -> tuple[F
     if net.sizes != sizes or net.depths != depths:
         raise RunDirError(f"{model_dir}: its supernet has {net.sizes} modules and {net.depths} blocks, the generator in "
                           f"{folder} was trained for {sizes} and {depths}; rerun the factory stage")
-    generator = Generator(context_size(num_classes), sizes, depths, hidden)
+    generator = Generator(context_size(num_classes), sizes, depths, hidden, narrowest)
     try:
         generator.load_state_dict(safetensors_load(read_aux(folder, GENERATOR)))
     except RuntimeError as e:  # another version's generator: other tensors or shapes
