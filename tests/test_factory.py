@@ -1,7 +1,7 @@
 """NN-Factory assembly: a module choice runs as a mask on the supernet exactly as its extracted model does, with the
-costs the cost model gives that model; the generator trains on a tiny supernet and no assembled model is ever over
-its budget; a bigger budget never gives a smaller model; a class-subset head predicts its classes' logits; and the
-stage and `compress assemble` work end to end from the CLI."""
+costs the cost model gives that model; the generator's switch moves to the order with the lower loss, it trains on
+a tiny supernet and no assembled model is ever over its budget; a bigger budget never gives a smaller model; a
+class-subset head predicts its classes' logits; and the stage and `compress assemble` work end to end from the CLI."""
 import json
 import random
 
@@ -118,10 +118,10 @@ def test_training_solves_the_scale_that_meets_the_budget_and_differentiates_thro
     net = tiny_net()
     generator = Generator(context_size(10), net.sizes, net.depths, hidden=16)
     for kind in ("macs", "latency_ms", "size_kb"):
+        full, floor = (float(net.costs.cost(kind, net.costs.terms(*net.masks_of(c)), TARGETS[1]))
+                       for c in (net.largest, net.smallest))
+        goal = floor + 0.4 * (full - floor)
         for order, path in generator(context_vector(Scenario(kind, 1.0, TARGETS[1]), 10))[0].items():
-            full, floor = (float(net.costs.cost(kind, net.costs.terms(*net.masks_of(c)), TARGETS[1]))
-                           for c in (net.largest, net.smallest))
-            goal = floor + 0.4 * (full - floor)
             w = at_budget(net, path, kind, TARGETS[1], goal, 0.02)
             cost = net.costs.cost(kind, net.costs.terms(*path.soft(w.detach(), 0.02)), TARGETS[1])
             assert float(cost.detach()) == pytest.approx(goal, rel=1e-3), (kind, order)

@@ -81,8 +81,8 @@ class GeneratorConfig(Strict):
     temperature: float = Field(0.02, gt=0, le=100, description="temperature of the soft block gates, in units of the "
                                "path's scale (1 = every group at full width)")
     train_paths: bool = Field(False, description="train each order's path (width multipliers, block entry points) "
-                              "besides the switch; measured on the factory benchmark: the same mean accuracy, a wider "
-                              "spread over seeds")
+                              "besides the switch; on the factory benchmark's three supernets: the same mean accuracy, a "
+                              "wider spread over seeds")
 
 
 class SearchConfig(Strict):
