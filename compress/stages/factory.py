@@ -1,11 +1,12 @@
 """`type: factory` — NN-Factory assembly. The supernet an earlier `type: slice` stage trained is cut into modules
 (`module_channels` channels of every channel group, and its residual blocks); a small generator learns, with the
-supernet frozen, to map a scenario (a latency, MACs or size budget on a target, and a class subset) to a path
-through the modules, along which the budget decides how far to go. Each scenario listed is then assembled in seconds
-without search: generated, fitted until the real cost is within budget, its head cut to the scenario's classes,
-BatchNorm recalibrated. The assembled models are the stage's family; the SortedNet prefix rule and an
-evolutionary search are measured beside each one. The generator is saved with the stage, so `compress assemble
-RUN_DIR` makes more models later. Mechanics: `methods/assembly`."""
+supernet frozen, to map a scenario (a latency, MACs or size budget on a target, and a class subset) to a width-first
+and a depth-first path through the modules and the budget that switches between them; along the path, the budget
+decides how far to go. Each scenario listed is then assembled in seconds without search: generated, fitted until
+the real cost is within budget, its head cut to the scenario's classes, BatchNorm recalibrated. The assembled models
+are the stage's family; the SortedNet prefix rule and an evolutionary search are measured beside each one. The
+generator is saved with the stage, so `compress assemble RUN_DIR` makes more models later. Mechanics:
+`methods/assembly`."""
 from __future__ import annotations
 
 from typing import Literal, Optional

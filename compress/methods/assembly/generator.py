@@ -128,7 +128,7 @@ class Generator(nn.Module):
 
     def __init__(self, context_size: int, sizes: list[int], depths: list[int], hidden: int = 64, narrowest: float = 0.25):
         super().__init__()
-        self.sizes, self.depths, self.hidden, self.narrowest = list(sizes), list(depths), hidden, narrowest
+        self.sizes, self.depths, self.hidden = list(sizes), list(depths), hidden
         self.body = nn.Sequential(nn.Linear(context_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.switch = nn.Linear(hidden, 1)  # log of the switch budget
         self.widths = nn.Linear(hidden, len(ORDERS) * len(self.sizes))
