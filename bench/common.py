@@ -41,14 +41,14 @@ def trained_model(arch: dict, data: DataBundle, data_cfg: DataConfig, train: Tra
     return model, spec
 
 
-def converged_reference(data: DataBundle, data_cfg: DataConfig, train: TrainConfig, cache: Path,
-                        quiet: bool = True) -> tuple[torch.nn.Module, dict, dict, Path]:
-    """REFERENCE trained once, seed 0, with augmentation: the pretrained model that compression starts from, cached in
+def converged_reference(data: DataBundle, data_cfg: DataConfig, train: TrainConfig, cache: Path, quiet: bool = True,
+                        arch: dict = REFERENCE) -> tuple[torch.nn.Module, dict, dict, Path]:
+    """`arch` trained once, seed 0, with augmentation: the pretrained model that compression starts from, cached in
     `cache`; returns (model, spec, {"seconds", "curve"}, its folder)."""
     data_cfg = data_cfg.model_copy(update={"augment": True})
-    key = sha256_json({"arch": REFERENCE, "data": data_cfg.model_dump(mode="json"), "train": train.model_dump()})[:16]
+    key = sha256_json({"arch": arch, "data": data_cfg.model_dump(mode="json"), "train": train.model_dump()})[:16]
     folder = cache / f"reference-{key}"
-    return (*cached_model(folder, lambda: train_from_scratch(REFERENCE, data, data_cfg, train, 0, quiet)), folder)
+    return (*cached_model(folder, lambda: train_from_scratch(arch, data, data_cfg, train, 0, quiet)), folder)
 
 
 def train_from_scratch(arch: dict, data: DataBundle, data_cfg: DataConfig, train: TrainConfig, seed: int,

@@ -115,3 +115,23 @@ def test_the_manifest_carries_the_runtime_setting_and_profile_measures_it_again(
     runtime = json.loads((run_dir / "report.json").read_text())["deployments"]["host"]["runtime"]
     assert "by `compress profile`" in runtime["reason"] and list(runtime["latency_ms"]["1"]) == ["1 thread"]
     assert json.loads((run_dir / "artifacts" / "manifest.json").read_text())["deployments"]["host"]["runtime"] == runtime
+
+
+def test_onnx_latencies_export_every_model_and_time_them_in_one_set_of_rounds(tmp_path, monkeypatch):
+    """One call of the alternating rounds holds every model's session (so they take turns), at the batch asked for
+    (one example repeated); each latency is the median of its rounds' medians."""
+    from compress.methods import measure
+
+    seen = {}
+
+    def rounds(sessions, examples, runs, rounds):
+        seen.update(sessions=set(sessions), shapes={b: x.shape for b, x in examples.items()}, runs=runs)
+        return {"small": {3: [[1.0, 9.0, 2.0], [4.0, 4.0, 4.0], [3.0, 3.0, 0.5]]}, "big": {3: [[5.0], [7.0], [6.0]]}}
+
+    monkeypatch.setattr(measure, "alternating_rounds", rounds)
+    torch.manual_seed(0)
+    models = {name: build_model(make_spec("cnn_s", 1, 10, {"channels": c})) for name, c in (("small", [4, 8]), ("big", [16, 32]))}
+    latency = measure.onnx_latencies(models, torch.randn(1, 1, 28, 28), tmp_path, batch=3, runs=7)
+    assert seen == {"sessions": {"small", "big"}, "shapes": {3: (3, 1, 28, 28)}, "runs": 7}
+    assert latency == {"small": 3.0, "big": 6.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "small.onnx"]

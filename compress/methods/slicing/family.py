@@ -1,6 +1,7 @@
 """The sub-networks of a trained supernet as a model family: each cut out, its BatchNorm recalibrated (once per
-distinct sub-network), measured (accuracy before and after recalibration, MACs, ONNX Runtime latency here, cost-model
-costs per target), and the most accurate one within each target's budgets chosen, without search."""
+distinct sub-network), measured (accuracy before and after recalibration, MACs, ONNX Runtime latency here with the
+members timed in alternating rounds, cost-model costs per target), and the most accurate one within each target's
+budgets chosen, without search."""
 from __future__ import annotations
 
 import tempfile
@@ -14,7 +15,7 @@ from ...errors import ConfigError
 from ...metrics import count_macs
 from ...training import evaluate
 from ..budget import over_budget, target_costs
-from ..measure import onnx_latency
+from ..measure import onnx_latencies
 from .supernet import SubNet, Supernet
 from .training import recalibrate_bn
 
@@ -54,21 +55,19 @@ def cut_family(supernet: Supernet, grid: list[SubNet], ctx: RunContext, bn_batch
             member = Member(subnet, model, transforms, {
                 "width": subnet.width, "depth": subnet.depth, "macs_share": macs / full_macs,
                 "val_accuracy_inherited_bn": before, "val_accuracy_recalibrated": after, "bn_gain": after - before,
-                "bn_batches": used, "host_latency_ms": host_latency_ms(model, ctx, Path(scratch) / f"{subnet.name}.onnx")})
+                "bn_batches": used})
             member.costs = {t.name: target_costs(model, t, shape) for t in ctx.targets or [ctx.target] if t is not None}
             member.metrics["estimated"] = member.costs
             members.append(member)
             seen[signature] = member
             ctx.log(f"[{ctx.stage_name}] {subnet.name}: {macs / full_macs:.1%} of the MACs, val accuracy {before:.2%} -> "
                     f"{after:.2%} after BatchNorm recalibration")
+        # timed together, so that the members' latencies compare (one at a time, noise reordered them)
+        latencies = onnx_latencies({m.subnet.name: m.model for m in members}, ctx.data.val.x[:1].cpu(), Path(scratch), 1, runs=20)
+    for member in members:
+        member.model.to(ctx.device)
+        member.metrics["host_latency_ms"] = latencies[member.subnet.name]
     return members
-
-
-def host_latency_ms(model: nn.Module, ctx: RunContext, path: Path) -> float:
-    """Median batch-1 latency of `model` as fp32 ONNX in ONNX Runtime on this machine (the model stays on its device)."""
-    latency = onnx_latency(model, ctx.data.val.x[:8].cpu(), path, [1], runs=100)["latency_ms"]["1"]
-    model.to(ctx.device)
-    return latency
 
 
 def choose(members: list[Member], target: TargetProfile) -> Member:
