@@ -39,7 +39,6 @@ from compress.targets.cost import estimate_latency_ms
 from compress.targets.profiling import calibrate
 from compress.training import TrainConfig, Trainer, evaluate
 
-ARCH = {"arch": "resnet_s", "kwargs": {"widths": [8, 16, 32], "depths": [2, 2, 2]}}
 ROUND_TO = 4  # channel multiple: at the targets' alignment of 16 the 8- and 16-channel stages could not narrow
 COMPARED = [0.25, 0.5, 0.75, 1.0]
 TARGETS = ["host", "raspberry-pi-5", "jetson-orin-nano"]
@@ -48,6 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv=None):
     p = bench_parser(__doc__)
+    p.add_argument("--widths", type=int, nargs=3, default=[8, 16, 32], help="channels of the resnet_s's three stages "
+                   "(two blocks each)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the sorted run and of each separate run")
     p.add_argument("--reference-epochs", type=int, default=20, help="training of the converged model every run starts from")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the sorted and the separate fine-tuning")
@@ -57,6 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "slice-pareto.svg")
     return p.parse_args(argv)
+
+
+def architecture(args) -> dict:
+    return {"arch": "resnet_s", "kwargs": {"widths": args.widths, "depths": [2, 2, 2]}}
 
 
 def reference_training(args) -> TrainConfig:
@@ -69,7 +74,7 @@ def training(args, epochs: int) -> dict:
 
 def pipeline(args, seed: int, weights: Path) -> dict:
     data = pipeline_data(args)
-    return {"name": f"slice-{seed}", "seed": seed, "model": {**ARCH, "weights": str(weights.resolve())}, "data": data,
+    return {"name": f"slice-{seed}", "seed": seed, "model": {**architecture(args), "weights": str(weights.resolve())}, "data": data,
             "stages": [{"type": "slice", "depths": [1, 2], "round_to": ROUND_TO, "samples_per_step": args.samples_per_step,
                         **training(args, args.epochs)}],
             "export": {"formats": ["onnx"], "latency_runs": 20}, "targets": TARGETS}
@@ -149,7 +154,7 @@ def main(argv=None) -> None:
     data = load_data(data_cfg, args.seeds[0])
     host = resolve("host")
     *reference, ref_metrics, ref_folder = converged_reference(data, data_cfg, reference_training(args), args.work_dir / "reference",
-                                                                arch=ARCH)
+                                                                arch=architecture(args))
     reference = (*reference, ref_folder)
     ref_accuracy = evaluate(reference[0], data.test)["accuracy"]
     runs, alone, equal = [], [], []
@@ -170,7 +175,7 @@ def main(argv=None) -> None:
     lines = ["## Sub-network slicing: one sorted run against separate fine-tuning (`bench/slice.py`)", "",
              f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}: {len(data.train):,} train / "
              f"{len(data.val):,} val / {len(data.test):,} test; top-1 test accuracy, mean over seeds {args.seeds} with the "
-             f"range in brackets. Architecture {ARCH['arch']} {ARCH['kwargs']}. Every run starts from one converged model "
+             f"range in brackets. Architecture resnet_s {architecture(args)['kwargs']}. Every run starts from one converged model "
              f"of it: {args.reference_epochs} epochs (SGD, lr 0.1, cosine, warm-up 0.3 epochs, 2-pixel shifts, batch 128; "
              f"{ref_metrics['seconds'] / 60:.0f} minutes, not counted below), test accuracy {ref_accuracy:.2%}, validation "
              f"accuracy by epoch {curve}. The sorted run fine-tunes it for {args.epochs} epochs (SGD, lr {args.lr:g}, cosine, "
