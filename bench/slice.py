@@ -153,10 +153,10 @@ def main(argv=None) -> None:
                           limit=args.limit, batch_size=128)
     data = load_data(data_cfg, args.seeds[0])
     host = resolve("host")
-    *reference, ref_metrics, ref_folder = converged_reference(data, data_cfg, reference_training(args), args.work_dir / "reference",
-                                                                arch=architecture(args))
-    reference = (*reference, ref_folder)
-    ref_accuracy = evaluate(reference[0], data.test)["accuracy"]
+    ref_model, ref_spec, ref_metrics, ref_folder = converged_reference(data, data_cfg, reference_training(args),
+                                                                       args.work_dir / "reference", arch=architecture(args))
+    reference = (ref_model, ref_spec, ref_folder)
+    ref_accuracy = evaluate(ref_model, data.test)["accuracy"]
     runs, alone, equal = [], [], []
     for seed in args.seeds:
         run = sorted_run(args, seed, data, ref_folder)
