@@ -64,12 +64,11 @@ def recalibrate_bn(model: nn.Module, loader: BatchLoader, batches: int, device: 
     model.train()
     used = 0
     try:
-        with torch.no_grad():  # statistics only: no graph to build
-            for batch in loader:
-                if used == batches:
-                    break
-                model(batch.x.to(device))
-                used += 1
+        for batch in loader:
+            if used == batches:
+                break
+            model(batch.x.to(device))
+            used += 1
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
