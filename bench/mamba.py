@@ -32,15 +32,20 @@ from compress.stages.mamba_pkd import MambaPkdStage
 from compress.training import TrainConfig, evaluate, predict
 
 # Patch 7 (16 tokens) rather than the stage's default 4 (49 tokens): measured per training step at batch 128 on this
-# 2-core CPU, d_model 48 / 3 layers / d_state 8 takes 0.38-0.54 s at patch 4 and 0.12-0.14 s at patch 7, so the
-# two-chain, three-seed run takes about 95 minutes instead of about three hours.
-STUDENTS = {"count": 4, "shrink": 0.6, "first": {"d_model": 64, "n_layers": 3, "d_state": 8, "expand": 2, "patch": 7}}
+# 2-core CPU, d_model 48 / 3 layers / d_state 8 takes 0.38-0.54 s at patch 4 and 0.12-0.14 s at patch 7. The first
+# student sits just under the 10%-of-the-teacher's-MACs goal (9.3%); the sequential training scan is 21% faster than
+# the parallel one at this size (213 vs 270 ms per step at batch 128, measured 2026-12-07), so the run uses it.
+STUDENTS = [{"d_model": 96, "n_layers": 3, "d_state": 8, "expand": 2, "patch": 7},
+            {"d_model": 64, "n_layers": 3, "d_state": 8, "expand": 2, "patch": 7},
+            {"d_model": 48, "n_layers": 2, "d_state": 8, "expand": 2, "patch": 7},
+            {"d_model": 24, "n_layers": 1, "d_state": 4, "expand": 2, "patch": 7}]
+SCAN = "sequential"
 SMOKE_STUDENTS = {"count": 2, "shrink": 0.5, "first": {"d_model": 8, "n_layers": 1, "d_state": 2, "expand": 1, "patch": 7}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = bench_parser(__doc__)
-    p.add_argument("--epochs", type=int, default=3, help="epochs of every student and of the control CNN")
+    p.add_argument("--epochs", type=int, default=6, help="epochs of every student and of the control CNN (default: the teacher's)")
     p.add_argument("--teacher-epochs", type=int, default=6)
     p.add_argument("--ensemble-macs", type=float, default=0.25, help="MACs budget of the best-subset ensemble (share of the teacher's)")
     p.add_argument("--smoke", action="store_true", help="bundled data, 600 examples, tiny students, 1 epoch, one seed")
@@ -54,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def stage_config(args, chain: str) -> MambaPkdStage.Config:
-    return MambaPkdStage.Config(students=SMOKE_STUDENTS if args.smoke else STUDENTS, chain=chain, epochs=args.epochs,
+    return MambaPkdStage.Config(students=SMOKE_STUDENTS if args.smoke else STUDENTS, chain=chain, epochs=args.epochs, scan=SCAN,
                                 ensemble={"macs": args.ensemble_macs, "weights": "fitted"}, latency_runs=5 if args.smoke else 30)
 
 
@@ -118,7 +123,7 @@ def markdown(args, data, teacher_row: dict, runs: dict[str, list[dict]], cnn: li
         f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}: {len(data.train):,} train / "
         f"{len(data.val):,} val / {len(data.test):,} test. Teacher: {REFERENCE['arch']} {REFERENCE['kwargs']}, "
         f"{args.teacher_epochs} epochs. Students: {json.dumps(SMOKE_STUDENTS if args.smoke else STUDENTS)}, {args.epochs} "
-        f"epochs each (AdamW, lr 3e-3, cosine), loss 0.5 CE + 0.5 T^2 KL at T = 4. Seeds {', '.join(map(str, args.seeds))}: "
+        f"epochs each (AdamW, lr 3e-3, cosine, {SCAN} scan in training), loss 0.5 CE + 0.5 T^2 KL at T = 4. Seeds {', '.join(map(str, args.seeds))}: "
         "test accuracy is mean ± sample std in percent; latency is the median over seeds of ONNX Runtime medians (ms, "
         "CPU, this machine), export-form scan.", "",
         "| model | MACs % of teacher | params | test acc, progressive | test acc, teacher-only chain | latency b1 | latency b32 |",
@@ -157,9 +162,13 @@ def findings(teacher_row, progressive, teacher_only, cnn, goal) -> list[str]:
         gap = 100 * (teacher - mean(progressive, best))
         lines.append(f"- a student at no more than 10% of the teacher's MACs within 3 points: {best}, {gap:.2f} points under "
                      f"the teacher: {'met' if gap <= 3 else 'not met'}")
-    ensemble = statistics.mean(r["all_students_test_accuracy"] for r in progressive)
-    gap = 100 * (teacher - ensemble)
-    lines.append(f"- the student ensemble within 1 point of the teacher: {gap:.2f} points under: {'met' if gap <= 1 else 'not met'}")
+    ensembles = {"all students, uniform": statistics.mean(r["all_students_test_accuracy"] for r in progressive)}
+    if "ensemble" in progressive[0]["family"]:
+        ensembles["the chosen ensemble"] = mean(progressive, "ensemble")
+    for name, accuracy in ensembles.items():
+        gap = 100 * (teacher - accuracy)
+        lines.append(f"- the student ensemble within 1 point of the teacher ({name}): {gap:.2f} points under: "
+                     f"{'met' if gap <= 1 else 'not met'}")
     for name in progressive[0]["family"]:
         diff = mean(progressive, name) - mean(teacher_only, name)
         spread = std(progressive, name) + std(teacher_only, name)
@@ -186,7 +195,7 @@ def main(argv=None) -> None:
         "params": sum(p.numel() for p in teacher.parameters()), "macs": count_macs(teacher, data.input_shape),
         "test_accuracy": evaluate(teacher, data.test)["accuracy"],
         **onnx_latency(teacher, data.val.x[:64], args.work_dir / "onnx" / "teacher.onnx", [1, 32], 30)})
-    base = {"data": data_cfg.model_dump(mode="json"), "epochs": args.epochs, "smoke": args.smoke, "macs": args.ensemble_macs,
+    base = {"data": data_cfg.model_dump(mode="json"), "students": SMOKE_STUDENTS if args.smoke else STUDENTS, "scan": SCAN, "epochs": args.epochs, "smoke": args.smoke, "macs": args.ensemble_macs,
             "teacher": teacher_row["test_accuracy"]}
     runs = {chain: [cached(args.work_dir / "runs", {**base, "chain": chain, "seed": seed},
                            lambda: run_chain(args, chain, seed, teacher, spec, data, data_cfg)) for seed in args.seeds]
