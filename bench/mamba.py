@@ -58,8 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def students(args):
+    """The chain the run trains: the smoke test's tiny one, or the full one."""
+    return SMOKE_STUDENTS if args.smoke else STUDENTS
+
+
 def stage_config(args, chain: str) -> MambaPkdStage.Config:
-    return MambaPkdStage.Config(students=SMOKE_STUDENTS if args.smoke else STUDENTS, chain=chain, epochs=args.epochs, scan=SCAN,
+    return MambaPkdStage.Config(students=students(args), chain=chain, epochs=args.epochs, scan=SCAN,
                                 ensemble={"macs": args.ensemble_macs, "weights": "fitted"}, latency_runs=5 if args.smoke else 30)
 
 
@@ -122,7 +127,7 @@ def markdown(args, data, teacher_row: dict, runs: dict[str, list[dict]], cnn: li
         "## Progressive Mamba distillation (`type: mamba_pkd`, `bench/mamba.py`)", "",
         f"Dataset {args.dataset}{f' (limit {args.limit})' if args.limit else ''}: {len(data.train):,} train / "
         f"{len(data.val):,} val / {len(data.test):,} test. Teacher: {REFERENCE['arch']} {REFERENCE['kwargs']}, "
-        f"{args.teacher_epochs} epochs. Students: {json.dumps(SMOKE_STUDENTS if args.smoke else STUDENTS)}, {args.epochs} "
+        f"{args.teacher_epochs} epochs. Students: {json.dumps(students(args))}, {args.epochs} "
         f"epochs each (AdamW, lr 3e-3, cosine, {SCAN} scan in training), loss 0.5 CE + 0.5 T^2 KL at T = 4. Seeds {', '.join(map(str, args.seeds))}: "
         "test accuracy is mean ± sample std in percent; latency is the median over seeds of ONNX Runtime medians (ms, "
         "CPU, this machine), export-form scan.", "",
@@ -195,8 +200,8 @@ def main(argv=None) -> None:
         "params": sum(p.numel() for p in teacher.parameters()), "macs": count_macs(teacher, data.input_shape),
         "test_accuracy": evaluate(teacher, data.test)["accuracy"],
         **onnx_latency(teacher, data.val.x[:64], args.work_dir / "onnx" / "teacher.onnx", [1, 32], 30)})
-    base = {"data": data_cfg.model_dump(mode="json"), "students": SMOKE_STUDENTS if args.smoke else STUDENTS, "scan": SCAN, "epochs": args.epochs, "smoke": args.smoke, "macs": args.ensemble_macs,
-            "teacher": teacher_row["test_accuracy"]}
+    base = {"data": data_cfg.model_dump(mode="json"), "students": students(args), "scan": SCAN, "epochs": args.epochs,
+            "smoke": args.smoke, "macs": args.ensemble_macs, "teacher": teacher_row["test_accuracy"]}
     runs = {chain: [cached(args.work_dir / "runs", {**base, "chain": chain, "seed": seed},
                            lambda: run_chain(args, chain, seed, teacher, spec, data, data_cfg)) for seed in args.seeds]
             for chain in ("progressive", "teacher")}
