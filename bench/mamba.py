@@ -2,12 +2,13 @@
 
 The reference ResNet (bench/common.py) is the teacher, trained once and cached. Per seed: the progressive chain and the
 teacher-only chain of the same students, and a control CNN (cnn_s) of the MACs of the student nearest 10% of the
-teacher's, distilled from the teacher with the same loss and epochs. Students and ensembles are timed with ONNX
-Runtime at batch 1 and 32 here (the stage's own measurement). Finished runs are cached in the work folder, so an
-interrupted benchmark resumes (delete it after changing the code).
+teacher's, distilled from the teacher with the same loss and epochs. Per seed, the teacher, the progressive chain's
+students and ensemble and the control CNN are timed together with ONNX Runtime at batch 1 and 32 here, in alternating
+rounds (on every invocation). Finished runs are cached in the work folder, so an interrupted benchmark resumes (delete
+it after changing the code).
 
     python bench/mamba.py --data-root ../shared/data/fashion-mnist --seeds 1,2,3      # full scale
-    python bench/mamba.py --smoke                                                    # bundled slice, about 1 minute
+    python bench/mamba.py --smoke            # bundled slice, about 1 minute; writes runs/bench-mamba-smoke/benchmarks.md
 """
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from common import REFERENCE, bench_parser, command_line, machine_line, trained_model, write_section
+from common import REFERENCE, ROUNDS, THREADS, bench_parser, command_line, latencies, machine_line, trained_model, write_section
 from compress.atomic import atomic_write, to_json
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import load_data
+from compress.export.onnx import DEFAULT_OPSET, export_onnx
 from compress.methods.distill.chain import train_chain
-from compress.methods.measure import onnx_latency
 from compress.metrics import count_macs
 from compress.models import build_model, make_spec
 from compress.pipeline import seed_everything
@@ -49,12 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-epochs", type=int, default=6)
     p.add_argument("--ensemble-macs", type=float, default=0.25, help="MACs budget of the best-subset ensemble (share of the teacher's)")
     p.add_argument("--smoke", action="store_true", help="bundled data, 600 examples, tiny students, 1 epoch, one seed")
-    p.add_argument("--work-dir", type=Path, default=Path("runs/bench-mamba"), help="teacher and run cache")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file whose mamba section is replaced")
+    p.add_argument("--work-dir", type=Path, help="teacher and run cache (default runs/bench-mamba; runs/bench-mamba-smoke "
+                   "with --smoke)")
+    p.add_argument("--out", type=Path, help="markdown file whose mamba section is replaced (default docs/benchmarks.md; "
+                   "with --smoke, benchmarks.md in the work folder)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
         args.dataset, args.limit, args.epochs, args.teacher_epochs, args.seeds = "bundled", args.limit or 600, 1, 1, args.seeds[:1]
+    args.work_dir = args.work_dir or Path("runs/bench-mamba-smoke" if args.smoke else "runs/bench-mamba")
+    args.out = args.out or (args.work_dir / "benchmarks.md" if args.smoke else Path("docs/benchmarks.md"))
     return args
 
 
@@ -86,7 +91,7 @@ def run_chain(args, chain: str, seed: int, teacher, spec, data, data_cfg) -> dic
     result = MambaPkdStage(cfg).run(teacher, spec, ctx)
     students = [v.model for n, v in result.variants.items() if n.startswith("student-")]
     probs = sum(torch.softmax(predict(m, data.test), -1) for m in students)
-    family = {name: {**{k: v.metrics[k] for k in ("macs_share", "latency_ms")}, "val_accuracy": v.metrics["val_accuracy"],
+    family = {name: {"macs_share": v.metrics["macs_share"], "val_accuracy": v.metrics["val_accuracy"],
                      "params": sum(p.numel() for p in v.model.parameters()), "size": v.metrics.get("student"),
                      "members": v.metrics.get("members"), "test_accuracy": evaluate(v.model, data.test)["accuracy"]}
               for name, v in result.variants.items()}
@@ -105,9 +110,21 @@ def control_cnn(args, seed: int, macs: float, teacher, data, data_cfg) -> dict:
     cfg = stage_config(args, "teacher")
     ctx = RunContext(data=data, data_config=data_cfg, seed=seed, quiet=args.quiet, stage_name=f"cnn {seed}")
     train_chain(teacher, [model], cfg, ctx, cfg.alpha, cfg.temperature, progressive=False)
-    timed = onnx_latency(model, data.val.x[:64], args.work_dir / "onnx" / f"cnn-{seed}.onnx", [1, 32], cfg.latency_runs)
+    export_onnx(model, data.input_shape, cnn_onnx(args, seed), DEFAULT_OPSET, "torchscript")
     return {"channels": [width, 2 * width, 4 * width], "macs": count_macs(model, data.input_shape),
-            "test_accuracy": evaluate(model, data.test)["accuracy"], "latency_ms": timed["latency_ms"]}
+            "test_accuracy": evaluate(model, data.test)["accuracy"]}
+
+
+def cnn_onnx(args, seed: int) -> Path:
+    return args.work_dir / "onnx" / f"cnn-{seed}.onnx"
+
+
+def timed_together(args, seed: int, family: list[str], data):
+    """Timings of the teacher, the progressive chain's members and the control CNN of one seed, from their ONNX files,
+    in alternating rounds (so that the machine's slow spells hit them alike and their ratios compare)."""
+    paths = {"teacher": args.work_dir / "onnx" / "teacher.onnx", "cnn": cnn_onnx(args, seed),
+             **{name: args.work_dir / "stage" / f"progressive-{seed}" / "onnx" / f"{name}.onnx" for name in family}}
+    return latencies({name: str(path) for name, path in paths.items()}, data, 2 if args.smoke else 20, ROUNDS)
 
 
 def points(values: list[float]) -> str:
@@ -116,11 +133,12 @@ def points(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
-def ms(values: list[dict], batch: str) -> str:
-    return f"{statistics.median(v[batch] for v in values):.3f}"
+def ms(timings: list, name: str, batch: int) -> float:
+    """The median over seeds of `name`'s latency (ms) at `batch` on all threads."""
+    return statistics.median(t.median(name, batch) for t in timings)
 
 
-def markdown(args, data, teacher_row: dict, runs: dict[str, list[dict]], cnn: list[dict], goal: str) -> str:
+def markdown(args, data, teacher_row: dict, runs: dict[str, list[dict]], cnn: list[dict], goal: str, timings: list) -> str:
     progressive, teacher_only = runs["progressive"], runs["teacher"]
     names = list(progressive[0]["family"])
     lines = [
@@ -129,12 +147,14 @@ def markdown(args, data, teacher_row: dict, runs: dict[str, list[dict]], cnn: li
         f"{len(data.val):,} val / {len(data.test):,} test. Teacher: {REFERENCE['arch']} {REFERENCE['kwargs']}, "
         f"{args.teacher_epochs} epochs. Students: {json.dumps(students(args))}, {args.epochs} "
         f"epochs each (AdamW, lr 3e-3, cosine, {SCAN} scan in training), loss 0.5 CE + 0.5 T^2 KL at T = 4. Seeds {', '.join(map(str, args.seeds))}: "
-        "test accuracy is mean ± sample std in percent; latency is the median over seeds of ONNX Runtime medians (ms, "
-        "CPU, this machine), export-form scan.", "",
+        f"test accuracy is mean ± sample std in percent. Latency (ms, export-form scan, ONNX Runtime CPU at {THREADS[-1]} "
+        f"threads, this machine): per seed the teacher, the progressive chain's students and ensemble and the control CNN "
+        f"timed together in {ROUNDS} alternating rounds of {2 if args.smoke else 20} runs; the median over seeds of each "
+        "file's median round.", "",
         "| model | MACs % of teacher | params | test acc, progressive | test acc, teacher-only chain | latency b1 | latency b32 |",
         "|---|---|---|---|---|---|---|",
         f"| teacher | 100 | {teacher_row['params']:,} | {100 * teacher_row['test_accuracy']:.2f} | | "
-        f"{teacher_row['latency_ms']['1']:.3f} | {teacher_row['latency_ms']['32']:.3f} |",
+        f"{ms(timings, 'teacher', 1):.3f} | {ms(timings, 'teacher', 32):.3f} |",
     ]
     for name in names:
         row = [r["family"][name] for r in progressive]
@@ -142,20 +162,19 @@ def markdown(args, data, teacher_row: dict, runs: dict[str, list[dict]], cnn: li
         label = f"{name} ({', '.join(row[0]['members'])})" if row[0]["members"] else f"{name} {row[0]['size']}"
         lines.append(f"| {label} | {100 * row[0]['macs_share']:.2f} | {row[0]['params']:,} | "
                      f"{points([m['test_accuracy'] for m in row])} | {points([m['test_accuracy'] for m in other])} | "
-                     f"{ms([m['latency_ms'] for m in row], '1')} | {ms([m['latency_ms'] for m in row], '32')} |")
+                     f"{ms(timings, name, 1):.3f} | {ms(timings, name, 32):.3f} |")
     lines.append(f"| all students, uniform | {100 * sum(progressive[0]['family'][n]['macs_share'] for n in names if n.startswith('student')):.2f} "
                  f"| | {points([r['all_students_test_accuracy'] for r in progressive])} | "
                  f"{points([r['all_students_test_accuracy'] for r in teacher_only])} | | |")
     lines.append(f"| control cnn_s {cnn[0]['channels']} (same MACs as {goal}) | {100 * cnn[0]['macs'] / teacher_row['macs']:.2f} | | | "
-                 f"{points([c['test_accuracy'] for c in cnn])} | {ms([c['latency_ms'] for c in cnn], '1')} | "
-                 f"{ms([c['latency_ms'] for c in cnn], '32')} |")
-    lines += ["", *findings(teacher_row, progressive, teacher_only, cnn, goal), "",
+                 f"{points([c['test_accuracy'] for c in cnn])} | {ms(timings, 'cnn', 1):.3f} | {ms(timings, 'cnn', 32):.3f} |")
+    lines += ["", *findings(teacher_row, progressive, teacher_only, goal, timings), "",
               "Paper (Mamba base PKD, MNIST): seven students together at 63% of the teacher's FLOPs match the teacher "
               "(98%); the weakest student at 1% of the FLOPs reaches 72%.", "", machine_line(command_line())]
     return "\n".join(lines) + "\n"
 
 
-def findings(teacher_row, progressive, teacher_only, cnn, goal) -> list[str]:
+def findings(teacher_row, progressive, teacher_only, goal, timings) -> list[str]:
     """The issue's goals, each met or not, in numbers."""
     teacher = teacher_row["test_accuracy"]
     mean = lambda runs, name: statistics.mean(r["family"][name]["test_accuracy"] for r in runs)  # noqa: E731
@@ -180,9 +199,13 @@ def findings(teacher_row, progressive, teacher_only, cnn, goal) -> list[str]:
         verdict = "beyond the seed spread" if abs(diff) > spread else "within the seed spread (no clear difference)"
         lines.append(f"- progressive vs teacher-only, {name}: {100 * diff:+.2f} points, {verdict} ({100 * spread:.2f})")
     if goal in progressive[0]["family"]:
-        student = statistics.median(r["family"][goal]["latency_ms"]["1"] for r in progressive)
-        control = statistics.median(c["latency_ms"]["1"] for c in cnn)
-        lines.append(f"- {goal} vs the equal-MACs CNN at batch 1: {student:.3f} vs {control:.3f} ms ({student / control:.1f}x). "
+        slower = []
+        for batch in (1, 32):
+            ratios = [t.speedup(goal, "cnn", batch) for t in timings]
+            slower.append(f"batch {batch}: {ms(timings, goal, batch):.3f} vs {ms(timings, 'cnn', batch):.3f} ms, "
+                          f"{statistics.median(r['median'] for r in ratios):.1f}x (rounds {min(r['min'] for r in ratios):.1f}-"
+                          f"{max(r['max'] for r in ratios):.1f}x)")
+        lines.append(f"- {goal} vs the equal-MACs CNN, timed in the same rounds: {'; '.join(slower)}. "
                      "The export-form scan is a chain of T small element-wise steps per layer (Gather, Mul, Add, "
                      "ReduceSum on a (batch, channels, state) tensor each), which ONNX Runtime runs one kernel at a time; "
                      "the CNN's work is in a few large convolutions")
@@ -198,8 +221,8 @@ def main(argv=None) -> None:
     teacher_row = cached(args.work_dir / "runs", {"teacher": spec.model_dump(mode="json"), "train": train.model_dump(),
                                                   "data": data_cfg.model_dump(mode="json")}, lambda: {
         "params": sum(p.numel() for p in teacher.parameters()), "macs": count_macs(teacher, data.input_shape),
-        "test_accuracy": evaluate(teacher, data.test)["accuracy"],
-        **onnx_latency(teacher, data.val.x[:64], args.work_dir / "onnx" / "teacher.onnx", [1, 32], 30)})
+        "test_accuracy": evaluate(teacher, data.test)["accuracy"]})
+    export_onnx(teacher, data.input_shape, args.work_dir / "onnx" / "teacher.onnx", DEFAULT_OPSET, "torchscript")
     base = {"data": data_cfg.model_dump(mode="json"), "students": students(args), "scan": SCAN, "epochs": args.epochs,
             "smoke": args.smoke, "macs": args.ensemble_macs, "teacher": teacher_row["test_accuracy"]}
     runs = {chain: [cached(args.work_dir / "runs", {**base, "chain": chain, "seed": seed},
@@ -210,7 +233,9 @@ def main(argv=None) -> None:
     cnn = [cached(args.work_dir / "runs", {**base, "cnn": goal, "seed": seed},
                   lambda: control_cnn(args, seed, shares[goal] * teacher_row["macs"], teacher, data, data_cfg))
            for seed in args.seeds]
-    print(write_section(args.out, "mamba", markdown(args, data, teacher_row, runs, cnn, goal)))
+    family = list(runs["progressive"][0]["family"])
+    timings = [timed_together(args, seed, family, data) for seed in args.seeds]
+    print(write_section(args.out, "mamba", markdown(args, data, teacher_row, runs, cnn, goal, timings)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ epochs scaled to the sorted run's training time (equal total compute). Accuracy 
 the `slice` section of docs/benchmarks.md and docs/slice-pareto.svg; finished work is cached in the work folder, so a
 rerun resumes (delete it after code changes).
 
-    python bench/slice.py --data-root ../shared/data/fashion-mnist          # full scale: 46 minutes on 2 cores
+    python bench/slice.py --data-root ../shared/data/fashion-mnist          # full scale: about 65 minutes on 2 cores
     python bench/slice.py --dataset bundled --limit 512 --epochs 1 --reference-epochs 1 --seeds 0 \\
         --work-dir /tmp/slice --out /tmp/slice.md --plot /tmp/slice.svg     # smoke test
 """
@@ -47,8 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv=None):
     p = bench_parser(__doc__)
-    p.add_argument("--widths", type=int, nargs=3, default=[8, 16, 32], help="channels of the resnet_s's three stages "
-                   "(two blocks each)")
+    p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], help="channels of the resnet_s's three stages "
+                   "(two blocks each); at [8, 16, 32] a narrow pass costs about as much as the full one on 2 cores "
+                   "(docs/benchmarks.md)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the sorted run and of each separate run")
     p.add_argument("--reference-epochs", type=int, default=20, help="training of the converged model every run starts from")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the sorted and the separate fine-tuning")

@@ -118,20 +118,23 @@ def test_the_manifest_carries_the_runtime_setting_and_profile_measures_it_again(
 
 
 def test_onnx_latencies_export_every_model_and_time_them_in_one_set_of_rounds(tmp_path, monkeypatch):
-    """One call of the alternating rounds holds every model's session (so they take turns), at the batch asked for
-    (one example repeated); each latency is the median of its rounds' medians."""
+    """One call of the alternating rounds holds every model's session (so they take turns), at the batch sizes asked
+    for (one example repeated), the runs split into rounds; each latency is the median of its rounds' medians, and
+    each model's ONNX file matches torch."""
     from compress.methods import measure
 
     seen = {}
 
     def rounds(sessions, examples, runs, rounds):
-        seen.update(sessions=set(sessions), shapes={b: x.shape for b, x in examples.items()}, runs=runs)
-        return {"small": {3: [[1.0, 9.0, 2.0], [4.0, 4.0, 4.0], [3.0, 3.0, 0.5]]}, "big": {3: [[5.0], [7.0], [6.0]]}}
+        seen.update(sessions=set(sessions), shapes={b: x.shape for b, x in examples.items()}, runs=runs, rounds=rounds)
+        return {"small": {1: [[2.0]] * 3, 3: [[1.0, 9.0, 2.0], [4.0, 4.0, 4.0], [3.0, 3.0, 0.5]]},
+                "big": {1: [[8.0]] * 3, 3: [[5.0], [7.0], [6.0]]}}
 
     monkeypatch.setattr(measure, "alternating_rounds", rounds)
     torch.manual_seed(0)
     models = {name: build_model(make_spec("cnn_s", 1, 10, {"channels": c})) for name, c in (("small", [4, 8]), ("big", [16, 32]))}
-    latency = measure.onnx_latencies(models, torch.randn(1, 1, 28, 28), tmp_path, batch=3, runs=7)
-    assert seen == {"sessions": {"small", "big"}, "shapes": {3: (3, 1, 28, 28)}, "runs": 7}
-    assert latency == {"small": 3.0, "big": 6.0}
+    timed = measure.onnx_latencies(models, torch.randn(2, 1, 28, 28), tmp_path, [1, 3], runs=7)
+    assert seen == {"sessions": {"small", "big"}, "shapes": {1: (1, 1, 28, 28), 3: (3, 1, 28, 28)}, "runs": 2, "rounds": 5}
+    assert {n: t["latency_ms"] for n, t in timed.items()} == {"small": {"1": 2.0, "3": 3.0}, "big": {"1": 8.0, "3": 6.0}}
+    assert all(t["max_abs_diff"] < 1e-4 for t in timed.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "small.onnx"]

@@ -1,7 +1,8 @@
-"""Measured, not only counted: a model's ONNX Runtime latency on this machine and its parity with torch, from the
+"""Measured, not only counted: models' ONNX Runtime latencies on this machine and their parity with torch, from the
 same fp32 ONNX export the pipeline makes."""
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -11,29 +12,23 @@ from torch import nn
 
 from ..export.onnx import DEFAULT_OPSET, export_onnx
 from ..export.runtime import ROUNDS, alternating_rounds
-from ..export.validate import median_latency_ms, ort_session, run_session
+from ..export.validate import ort_session, run_session
 
 
-def onnx_latency(model: nn.Module, x: torch.Tensor, path: Path, batch_sizes: Sequence[int], runs: int) -> dict:
-    """Export `model` to `path`, then {"latency_ms": {batch: median ms}, "max_abs_diff": ONNX Runtime vs torch on
-    `x`}; batches larger than `x` repeat its first example."""
-    export_onnx(model, tuple(x.shape[1:]), path, DEFAULT_OPSET, "torchscript")
-    session = ort_session(path)
-    with torch.no_grad():
-        reference = model.cpu().eval()(x)
-    diff = float((run_session(session, x, 512) - reference).abs().max())
-    latency = {str(b): median_latency_ms(session, x[:b] if len(x) >= b else x[:1].expand(b, *x.shape[1:]).contiguous(), runs)
-               for b in batch_sizes}
-    return {"latency_ms": latency, "max_abs_diff": diff}
-
-
-def onnx_latencies(models: dict[str, nn.Module], x: torch.Tensor, folder: Path, batch: int, runs: int,
-                   rounds: int = ROUNDS) -> dict[str, float]:
-    """Latency (ms) at `batch` of each model as fp32 ONNX (exported into `folder`, models left on the CPU) in ONNX
-    Runtime on this machine. The models take turns over `rounds` rounds of `runs` calls, so that a slow spell of the
-    machine hits them alike and their latencies compare; each is the median of its rounds' medians."""
-    sessions = {name: ort_session(export_onnx(model, tuple(x.shape[1:]), folder / f"{name}.onnx", DEFAULT_OPSET, "torchscript"))
-                for name, model in models.items()}
-    example = (x[:batch] if len(x) >= batch else x[:1].expand(batch, *x.shape[1:])).contiguous().numpy()
-    times = alternating_rounds(sessions, {batch: example}, runs, rounds)
-    return {name: statistics.median(statistics.median(r) for r in times[name][batch]) for name in models}
+def onnx_latencies(models: dict[str, nn.Module], x: torch.Tensor, folder: Path, batch_sizes: Sequence[int],
+                   runs: int) -> dict[str, dict]:
+    """Export each model (moved to the CPU) to fp32 ONNX in `folder` and time it in ONNX Runtime on this machine:
+    `runs` calls per batch size, split into alternating rounds in which the models take turns, so that a slow spell
+    of the machine hits them alike and their latencies compare. Per model {"latency_ms": {batch: the median of its
+    rounds' medians}, "max_abs_diff": ONNX Runtime vs torch on `x`}; batches larger than `x` repeat its first example."""
+    sessions, diffs = {}, {}
+    for name, model in models.items():
+        model = model.cpu().eval()
+        sessions[name] = ort_session(export_onnx(model, tuple(x.shape[1:]), folder / f"{name}.onnx", DEFAULT_OPSET, "torchscript"))
+        with torch.no_grad():
+            diffs[name] = float((run_session(sessions[name], x, 512) - model(x)).abs().max())
+    examples = {b: (x[:b] if len(x) >= b else x[:1].expand(b, *x.shape[1:])).contiguous().numpy() for b in batch_sizes}
+    rounds = min(ROUNDS, runs)
+    times = alternating_rounds(sessions, examples, math.ceil(runs / rounds), rounds)
+    return {name: {"latency_ms": {str(b): statistics.median(statistics.median(r) for r in times[name][b]) for b in batch_sizes},
+                   "max_abs_diff": diffs[name]} for name in models}

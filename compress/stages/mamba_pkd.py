@@ -153,7 +153,7 @@ class MambaPkdStage(Stage):
         from ..methods.budget import goal_for, latency_goal
         from ..methods.distill.chain import (best_subset, choose_primary, ensemble_model, member_probs, mixture_accuracy,
                                              train_chain, whole)
-        from ..methods.measure import onnx_latency
+        from ..methods.measure import onnx_latencies
         from ..metrics import count_macs
         from ..models import build_model
         from ..training import evaluate
@@ -184,11 +184,13 @@ class MambaPkdStage(Stage):
             uniform = torch.full((len(students),), 1 / len(students))
             metrics["all_students_ensemble_val_accuracy"] = mixture_accuracy(probs, uniform, val.y)
 
+        # timed together in alternating rounds, so that the members' latencies compare
+        timed = onnx_latencies({name: v.model for name, v in family.items()}, val.x[:64], onnx_folder(ctx),
+                               cfg.latency_batch_sizes, cfg.latency_runs)
         for name, variant in family.items():
             variant.metrics.update(macs_share=count_macs(variant.model, shape) / teacher_macs,
                                    val_accuracy=evaluate(variant.model, val, ctx.data_config.eval_batch_size)["accuracy"],
-                                   **onnx_latency(variant.model, val.x[:64], onnx_path(ctx, name), cfg.latency_batch_sizes,
-                                                  cfg.latency_runs))
+                                   **timed[name])
         if cfg.select.budget:
             chosen = choose_primary(family, latency_goal(ctx.target.budgets.latency_ms, ctx.target, shape), None)
         else:
@@ -213,7 +215,7 @@ def divisors(height: int, width: int) -> list[int]:
     return [d for d in range(1, min(height, width) + 1) if height % d == 0 and width % d == 0][:5]
 
 
-def onnx_path(ctx, name: str):
-    """Where a family member's timed ONNX file goes: the stage's work folder."""
-    return (ctx.stage_dir or ctx.run_dir / "work") / "onnx" / f"{name}.onnx"
+def onnx_folder(ctx):
+    """Where the family members' timed ONNX files go: the stage's work folder."""
+    return (ctx.stage_dir or ctx.run_dir / "work") / "onnx"
 

@@ -63,10 +63,10 @@ def cut_family(supernet: Supernet, grid: list[SubNet], ctx: RunContext, bn_batch
             ctx.log(f"[{ctx.stage_name}] {subnet.name}: {macs / full_macs:.1%} of the MACs, val accuracy {before:.2%} -> "
                     f"{after:.2%} after BatchNorm recalibration")
         # timed together, so that the members' latencies compare (one at a time, noise reordered them)
-        latencies = onnx_latencies({m.subnet.name: m.model for m in members}, ctx.data.val.x[:1].cpu(), Path(scratch), 1, runs=20)
+        timed = onnx_latencies({m.subnet.name: m.model for m in members}, ctx.data.val.x[:1].cpu(), Path(scratch), [1], runs=100)
     for member in members:
         member.model.to(ctx.device)
-        member.metrics["host_latency_ms"] = latencies[member.subnet.name]
+        member.metrics["host_latency_ms"] = timed[member.subnet.name]["latency_ms"]["1"]
     return members
 
 
