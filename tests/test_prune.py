@@ -1,5 +1,6 @@
 """The prune stage: schedule, masks, N:M, channel pruning, rebuild without pickle, its errors, and train -> prune
 through the command line."""
+import copy
 import dataclasses
 import json
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from compress.checkpoint import load_model_dir, save_model_dir
 from compress.cli import main
+from compress.data import Split
 from compress.errors import ConfigError, ModelError
 from compress.methods.pruning.blocks import choose_blocks, droppable_blocks
 from compress.methods.pruning.channels import check_rebuilds, trial
@@ -21,7 +23,7 @@ from compress.models.spec import ModelSpec, Resize
 from compress.pipeline_file import load_pipeline
 from compress.stages.prune import PruneConfig, PruneStage
 from compress.targets.cost import estimate_latency_ms
-from compress.training import Callback, Trainer, TrainConfig
+from compress.training import Callback, Trainer, TrainConfig, predict
 from conftest import tiny_pipeline
 
 RESNET = make_spec("resnet_s", 1, 10, {"widths": [8, 16], "depths": [1, 1]})
@@ -229,6 +231,27 @@ def test_nm_pruning_ends_in_the_2_4_pattern_and_marks_the_spec(ctx):
     assert m["schedule"][-1] == [6, 0.5] and {m["layer_sparsity"][name] for name in m["scope"]} == {0.5}
     for name in m["scope"]:
         assert follows_nm(model.get_submodule(name).weight, 2, 4)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "channel"])
+def test_distillation_teaches_the_unpruned_models_predictions_rather_than_the_labels(ctx, method):
+    """On labels that say nothing (every example class 0), a model pruned with `distill` and no weight on the labels
+    keeps answering as the unpruned model did, while without it the model learns to answer 0."""
+    torch.manual_seed(0)
+    teacher = build_model(RESNET16)
+    Trainer(teacher, TrainConfig(epochs=3, lr=0.05), ctx).fit()
+    answers = predict(teacher, ctx.data.val).argmax(1)
+    zeros = dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, train=Split(ctx.data.train.x, torch.zeros_like(ctx.data.train.y))))
+    settings = {"final_sparsity": 0.3} if method == "magnitude" else {"target_macs": 0.6, "round_to": 1}
+
+    def pruned(distill):
+        model = copy.deepcopy(teacher)
+        PruneStage(PruneConfig(type="prune", method=method, epochs=3, lr=0.05, distill=distill, **settings)).run(model, RESNET16, zeros)
+        return predict(model, ctx.data.val).argmax(1)
+
+    assert (answers == 0).float().mean() < 0.5
+    assert (pruned({"hard_label_weight": 0.0}) == answers).float().mean() >= 0.6  # 0.84 / 0.75 when written
+    assert (pruned(None) == 0).float().mean() >= 0.9  # 1.0 when written
 
 
 # --- structured channel pruning -------------------------------------------------------------------------------------

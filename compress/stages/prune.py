@@ -9,6 +9,7 @@ from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from ..config import Count, TrainConfig
 from ..errors import ConfigError, shown
+from ..methods.distill.config import SelfDistillation
 from ..methods.pruning.schedule import ScheduleConfig
 from .base import Stage, StageConfig, StageResult, register_stage
 
@@ -45,6 +46,8 @@ class PruneConfig(StageConfig, TrainConfig):
                           "the costliest on the target (by MACs without one); a block must return its input's shape, as a "
                           "residual block does. MACs and latency goals count the model without them")
     lr: float = Field(0.05, gt=0, description="peak learning rate of the fine-tuning")
+    distill: Optional[SelfDistillation] = Field(None, description="learn the unpruned model's soft predictions while pruning "
+                                            "({} for the defaults); omit to fine-tune on the labels only")
 
     @field_validator("final_sparsity")
     @classmethod
@@ -115,7 +118,8 @@ class PruneStage(Stage):
     type = "prune"
     Config = PruneConfig
     example = {"type": "prune", "method": "channel", "target_macs": 0.25, "drop_blocks": 1,
-               "schedule": {"kind": "cubic", "start": 0.0, "end": 0.3, "frequency": 50}, "importance": "l2", "epochs": 3}
+               "schedule": {"kind": "cubic", "start": 0.0, "end": 0.3, "frequency": 50}, "importance": "l2",
+               "distill": {"temperature": 1.0, "hard_label_weight": 0.5}, "epochs": 3}
 
     def target_dependence(self) -> Optional[str]:
         cfg = self.config
@@ -168,10 +172,12 @@ class PruneStage(Stage):
         return goal_for(self.config.target_macs, self.config.target_latency_ms, model, ctx.target, ctx.data.input_shape)
 
     def run(self, model, spec, ctx) -> StageResult:
+        from ..methods.distill.losses import self_distillation_loss
         from ..training import Trainer
 
         plan = self.plan(model, ctx)
-        trainer = Trainer(model, self.config.train_config(), ctx)
+        loss_fn = self_distillation_loss(model, self.config.distill, ctx, self.config.label_smoothing) if self.config.distill else None
+        trainer = Trainer(model, self.config.train_config(), ctx, loss_fn=loss_fn)
         prune = self.prune_channels if self.config.method == "channel" else self.prune_weights
         try:
             return prune(model, spec, ctx, trainer, plan)

@@ -47,3 +47,12 @@ class DiscriminatorConfig(Strict):
     weight: float = Field(1.0, ge=0, description="weight of the adversarial term in the student's loss")
     lr: float = Field(1e-4, gt=0, le=10, description="Adam learning rate of the discriminator")
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64], description="hidden layer widths of the MLP")
+
+
+class SelfDistillation(Strict):
+    """Distillation from the model as a stage received it: the model being changed (pruned) learns the original's soft
+    predictions, instead of the labels alone."""
+
+    temperature: float = Field(1.0, gt=0, le=1000, description="softmax temperature of teacher and student")
+    hard_label_weight: float = Field(0.5, ge=0, le=1, description="weight of cross-entropy to the labels (with "
+                                     "label_smoothing); the soft term gets 1 - this")

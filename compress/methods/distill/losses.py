@@ -2,8 +2,9 @@
 as a loss function for the shared training loop (with the adversarial term of `adversary.py` when given)."""
 from __future__ import annotations
 
+import copy
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,10 @@ from torch import nn
 from ...data import Batch, Split
 from ...training import LossFn
 from .adversary import Adversary
+
+if TYPE_CHECKING:
+    from ...context import RunContext
+    from .config import SelfDistillation
 
 
 class Targets(NamedTuple):
@@ -78,3 +83,11 @@ def distillation_loss(targets: Callable[[Batch], Targets], temperature: float = 
         return value
 
     return loss
+
+
+def self_distillation_loss(model: nn.Module, cfg: "SelfDistillation", ctx: "RunContext", label_smoothing: float = 0.0) -> LossFn:
+    """The loss of `distillation_loss` towards a frozen copy of `model` as it is now (before a stage changes it); the
+    copy's targets are computed once when the training inputs are the same every epoch (no augmentation)."""
+    targets = TeacherTargets([copy.deepcopy(model)], ctx.data.train, cfg.temperature, ctx.device,
+                             cache=not ctx.data_config.augment, batch_size=ctx.data_config.eval_batch_size)
+    return distillation_loss(targets, cfg.temperature, cfg.hard_label_weight, label_smoothing=label_smoothing)
