@@ -5,7 +5,8 @@ pretrained model every row starts from, and its training time is reported, not c
 the same compression budget of E epochs, at each budget and each compression level (MACs reduction factor):
 
 - ours: a pipeline file `compress` runs (gradual channel pruning plus the costliest block, then MEAL distillation
-  from the reference, INT8 export; the epochs split between the two stages), its fp32 model and its deployable file;
+  from the reference, INT8 export; the epochs split between the two stages; `--ours prune-distill`: the prune stage
+  alone, distilling from the reference it prunes), its fp32 model and its deployable file;
 - NNCF INT8 alone; torch-pruning one-shot + fine-tuning; torch-pruning's own iterative MagnitudePruner; NVIDIA Model
   Optimizer's FastNAS + fine-tuning (where it installs); a small dense model from scratch for E epochs and for the
   reference's whole training budget; each pruned or small model also as INT8.
@@ -53,6 +54,8 @@ from compress.training import TrainConfig
 FORMATS = ["onnx", "onnx-int8"]  # fp32 and INT8 ONNX for every model
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["ours", "one-shot", "iterative", "fastnas", "small", "small-full"]
+OURS = {"prune+meal": "gradual channel pruning, then MEAL distillation from the reference, the epochs split between them",
+        "prune-distill": "gradual channel pruning distilled from the model it prunes (the reference), for all the epochs"}
 SAME_LATENCY = 0.05  # latencies within 5% count as equal: one architecture timed twice differs by that much here
 
 
@@ -63,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--levels", type=float, nargs="+", default=[8, 16], help="MACs reduction factors")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="the rows to run (the reference and NNCF "
                                                                                      "INT8 always run)")
+    p.add_argument("--ours", choices=list(OURS), default="prune+meal", help="our pipeline: " +
+                   "; ".join(f"{name}: {what}" for name, what in OURS.items()))
     p.add_argument("--drop-blocks", type=int, default=1, help="blocks our prune stage removes besides channels (0: none)")
     p.add_argument("--target", default="x86-avx512-vnni", help="export target (INT8 settings, channel alignment)")
     p.add_argument("--runs", type=int, default=50, help="timed ONNX Runtime runs per measurement")
@@ -140,8 +145,10 @@ def exported(model, spec, data, target, folder: Path) -> tuple[dict[str, str], f
     return record["paths"], record["seconds"]
 
 
-def split_budget(budget: int) -> tuple[int, int]:
+def split_budget(args, budget: int) -> tuple[int, int]:
     """(prune epochs, MEAL epochs) of our pipeline within a budget of `budget` epochs."""
+    if args.ours == "prune-distill":
+        return budget, 0
     prune = math.ceil(budget / 2)
     return prune, budget - prune
 
@@ -149,9 +156,10 @@ def split_budget(budget: int) -> tuple[int, int]:
 def pipeline_file(args, level: float, budget: int, seed: int, reference_weights: Path, path: Path) -> dict:
     """Our pipeline for one level, budget and seed, written as the YAML file `compress` runs: it starts from the
     converged reference's weights and distils from them."""
-    prune_epochs, meal_epochs = split_budget(budget)
+    prune_epochs, meal_epochs = split_budget(args, budget)
     stages = [{"type": "prune", "name": "prune", "method": "channel", "target_macs": round(1 / level, 6), "round_to": peers.ROUND_TO,
-               **({"drop_blocks": args.drop_blocks} if args.drop_blocks else {}), "epochs": prune_epochs, **peers.FINE_TUNING}]
+               **({"drop_blocks": args.drop_blocks} if args.drop_blocks else {}), "epochs": prune_epochs, **peers.FINE_TUNING,
+               **({"distill": {}} if args.ours == "prune-distill" else {})}]
     if meal_epochs:
         stages.append({"type": "meal", "name": "meal", "teachers": [{**REFERENCE, "weights": str(reference_weights)}],
                        "hard_label_weight": 0.5, "discriminator": {"enabled": False}, "epochs": meal_epochs, "lr": 0.02})
@@ -200,7 +208,8 @@ class Bench:
     def ours(self, level: float, budget: int) -> list[Row]:
         fp32, deploy = [], []
         for seed in self.args.seeds:
-            folder = self.args.work_dir / "ours" / f"{level:g}x-E{budget}-s{seed}-{self.key[-8:]}"
+            variant = "" if self.args.ours == "prune+meal" else f"-{self.args.ours}"
+            folder = self.args.work_dir / "ours" / f"{level:g}x-E{budget}-s{seed}-{self.key[-8:]}{variant}"
             config = pipeline_file(self.args, level, budget, seed, (self.reference_folder / WEIGHTS).resolve(), folder / "e2e.yaml")
             report = run_pipeline(folder / "e2e.yaml", run_dir=folder / "run", quiet=self.args.quiet)
             self.pipelines[level, budget, seed] = {"report": report, "config": config}
@@ -211,8 +220,9 @@ class Bench:
             export_seconds = report["seconds"] - sum(s["metrics"]["seconds"] for s in report["stages"] if s["status"] == "ran")
             fp32.append(Run(seed, model, artifacts["fp32"], stage_seconds))
             deploy.append(Run(seed, model, report["deploy"]["path"], stage_seconds + export_seconds))
-        prune_epochs, meal_epochs = split_budget(budget)
-        note = f"prune {prune_epochs} + MEAL {meal_epochs} epochs" if meal_epochs else f"prune {prune_epochs} epochs"
+        prune_epochs, meal_epochs = split_budget(self.args, budget)
+        note = (f"prune {prune_epochs} + MEAL {meal_epochs} epochs" if meal_epochs else
+                f"prune {prune_epochs} epochs{', distilled' if self.args.ours == 'prune-distill' else ''}")
         precision = report["deploy"]["precision"]
         return [Row("ours, fp32", "ours", level, budget, "fp32", fp32, note),
                 Row(f"ours: deployable {precision}", "ours", level, budget, precision, deploy, "the pipeline's deploy choice")]

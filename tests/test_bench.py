@@ -45,3 +45,19 @@ def test_a_gap_counts_only_beyond_the_seed_spread_and_at_no_higher_latency():
     assert ahead(ours, row([91.8, 92.0, 92.2], 0.1, 2.0)) == {"b1": False, "b32": False}  # gap 0.2 within spread 0.4
     assert ahead(ours, row([91.5, 91.6, 91.7], 0.2, 1.0)) == {"b1": True, "b32": False}  # slower at batch 32
     assert ahead(ours, row([91.5, 91.6, 91.7], 0.098, 1.95)) == {"b1": True, "b32": True}  # within 5% counts as equal
+
+
+def test_our_pipeline_variants_are_valid_pipeline_files_that_spend_the_same_budget(tmp_path):
+    """`--ours prune-distill` is one prune stage distilling from the reference for the whole budget; the default splits
+    the budget between pruning and MEAL."""
+    from compress.pipeline_file import load_pipeline
+    from e2e import parse_args, pipeline_file
+
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"")
+    stages = {}
+    for ours in ("prune+meal", "prune-distill"):
+        path = tmp_path / ours / "e2e.yaml"
+        pipeline_file(parse_args(["--dataset", "bundled", "--ours", ours]), 8, 3, 0, weights, path)
+        stages[ours] = [(s.type, s.config.epochs, getattr(s.config, "distill", None) is not None) for s in load_pipeline(path).stages]
+    assert stages == {"prune+meal": [("prune", 2, False), ("meal", 1, False)], "prune-distill": [("prune", 3, True)]}
