@@ -116,7 +116,13 @@ def control_cnn(args, seed: int, macs: float, teacher, data, data_cfg) -> dict:
 
 
 def cnn_onnx(args, seed: int) -> Path:
+    """Where the control CNN of `seed` is exported for timing."""
     return args.work_dir / "onnx" / f"cnn-{seed}.onnx"
+
+
+def timed_runs(args) -> int:
+    """ONNX Runtime calls per file, batch size and round."""
+    return 2 if args.smoke else 20
 
 
 def timed_together(args, seed: int, family: list[str], data):
@@ -124,7 +130,7 @@ def timed_together(args, seed: int, family: list[str], data):
     in alternating rounds (so that the machine's slow spells hit them alike and their ratios compare)."""
     paths = {"teacher": args.work_dir / "onnx" / "teacher.onnx", "cnn": cnn_onnx(args, seed),
              **{name: args.work_dir / "stage" / f"progressive-{seed}" / "onnx" / f"{name}.onnx" for name in family}}
-    return latencies({name: str(path) for name, path in paths.items()}, data, 2 if args.smoke else 20, ROUNDS)
+    return latencies({name: str(path) for name, path in paths.items()}, data, timed_runs(args), ROUNDS)
 
 
 def points(values: list[float]) -> str:
@@ -149,7 +155,7 @@ def markdown(args, data, teacher_row: dict, runs: dict[str, list[dict]], cnn: li
         f"epochs each (AdamW, lr 3e-3, cosine, {SCAN} scan in training), loss 0.5 CE + 0.5 T^2 KL at T = 4. Seeds {', '.join(map(str, args.seeds))}: "
         f"test accuracy is mean ± sample std in percent. Latency (ms, export-form scan, ONNX Runtime CPU at {THREADS[-1]} "
         f"threads, this machine): per seed the teacher, the progressive chain's students and ensemble and the control CNN "
-        f"timed together in {ROUNDS} alternating rounds of {2 if args.smoke else 20} runs; the median over seeds of each "
+        f"timed together in {ROUNDS} alternating rounds of {timed_runs(args)} runs; the median over seeds of each "
         "file's median round.", "",
         "| model | MACs % of teacher | params | test acc, progressive | test acc, teacher-only chain | latency b1 | latency b32 |",
         "|---|---|---|---|---|---|---|",
