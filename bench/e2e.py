@@ -4,9 +4,9 @@ The reference (a 308k-parameter resnet_s) is trained to convergence once, with a
 pretrained model every row starts from, and its training time is reported, not counted. Every row that trains gets
 the same compression budget of E epochs, at each budget and each compression level (MACs reduction factor):
 
-- ours: a pipeline file `compress` runs (gradual channel pruning plus the costliest block, then MEAL distillation
-  from the reference, INT8 export; the epochs split between the two stages; `--ours prune-distill`: the prune stage
-  alone, distilling from the reference it prunes), its fp32 model and its deployable file;
+- ours: a pipeline file `compress` runs (gradual channel pruning plus the costliest block, distilling from the
+  reference it prunes, for all E epochs, then INT8 export; `--ours prune+meal`: pruning on the labels, then MEAL
+  distillation from the reference, the epochs split between the two stages), its fp32 model and its deployable file;
 - NNCF INT8 alone; torch-pruning one-shot + fine-tuning; torch-pruning's own iterative MagnitudePruner; NVIDIA Model
   Optimizer's FastNAS + fine-tuning (where it installs); a small dense model from scratch for E epochs and for the
   reference's whole training budget; each pruned or small model also as INT8.
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--levels", type=float, nargs="+", default=[8, 16], help="MACs reduction factors")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="the rows to run (the reference and NNCF "
                                                                                      "INT8 always run)")
-    p.add_argument("--ours", choices=list(OURS), default="prune+meal", help="our pipeline: " +
+    p.add_argument("--ours", choices=list(OURS), default="prune-distill", help="our pipeline: " +
                    "; ".join(f"{name}: {what}" for name, what in OURS.items()))
     p.add_argument("--drop-blocks", type=int, default=1, help="blocks our prune stage removes besides channels (0: none)")
     p.add_argument("--target", default="x86-avx512-vnni", help="export target (INT8 settings, channel alignment)")
@@ -208,7 +208,7 @@ class Bench:
     def ours(self, level: float, budget: int) -> list[Row]:
         fp32, deploy = [], []
         for seed in self.args.seeds:
-            variant = "" if self.args.ours == "prune+meal" else f"-{self.args.ours}"
+            variant = "" if self.args.ours == "prune+meal" else f"-{self.args.ours}"  # prune+meal keeps the folders it was cached in
             folder = self.args.work_dir / "ours" / f"{level:g}x-E{budget}-s{seed}-{self.key[-8:]}{variant}"
             config = pipeline_file(self.args, level, budget, seed, (self.reference_folder / WEIGHTS).resolve(), folder / "e2e.yaml")
             report = run_pipeline(folder / "e2e.yaml", run_dir=folder / "run", quiet=self.args.quiet)
