@@ -77,6 +77,12 @@ def settings_for(target: "TargetProfile", threads: Optional[list[int]] = None) -
     return candidate_settings(sweep_cores(target.cpu_cores), threads)
 
 
+def split_runs(runs: int) -> tuple[int, int]:
+    """(calls per round, rounds) that spend at least `runs` timed calls in up to `ROUNDS` alternating rounds."""
+    rounds = min(ROUNDS, runs)
+    return math.ceil(runs / rounds), rounds
+
+
 def alternating_rounds(sessions: dict[Hashable, object], examples: dict[int, np.ndarray], runs: int,
                        rounds: int = ROUNDS, warmup: int = 3) -> dict[Hashable, dict[int, list[list[float]]]]:
     """Wall times (ms) of `runs` calls per round of every session at every batch size (`examples`: batch -> input),
@@ -109,9 +115,7 @@ def sweep_settings(path: str, providers: list[str], settings: list[Optional[Runt
     `runs` timed calls split into alternating rounds, and the fastest setting per batch size (by p50)."""
     sessions = {i: ort_session(Path(path), setting, providers) for i, setting in enumerate(settings)}
     first = next(iter(sessions.values()))
-    rounds = min(ROUNDS, runs)
-    times = alternating_rounds(sessions, example_inputs(first.get_inputs()[0].shape, batches), math.ceil(runs / rounds),
-                               rounds, warmup)
+    times = alternating_rounds(sessions, example_inputs(first.get_inputs()[0].shape, batches), *split_runs(runs), warmup)
     rows = [{**(s.to_dict() if s else {"label": "default"}),
              "batches": {str(b): percentiles([t for r in times[i][b] for t in r], b) for b in batches}}
             for i, s in enumerate(settings)]

@@ -2,7 +2,6 @@
 same fp32 ONNX export the pipeline makes."""
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from ..export.onnx import DEFAULT_OPSET, export_onnx
-from ..export.runtime import ROUNDS, alternating_rounds
+from ..export.runtime import alternating_rounds, split_runs
 from ..export.validate import ort_session, run_session
 
 
@@ -28,7 +27,6 @@ def onnx_latencies(models: dict[str, nn.Module], x: torch.Tensor, folder: Path, 
         with torch.no_grad():
             diffs[name] = float((run_session(sessions[name], x, 512) - model(x)).abs().max())
     examples = {b: (x[:b] if len(x) >= b else x[:1].expand(b, *x.shape[1:])).contiguous().numpy() for b in batch_sizes}
-    rounds = min(ROUNDS, runs)
-    times = alternating_rounds(sessions, examples, math.ceil(runs / rounds), rounds)
+    times = alternating_rounds(sessions, examples, *split_runs(runs))
     return {name: {"latency_ms": {str(b): statistics.median(statistics.median(r) for r in times[name][b]) for b in batch_sizes},
                    "max_abs_diff": diffs[name]} for name in models}

@@ -175,10 +175,10 @@ class PruneStage(Stage):
         from ..methods.distill.losses import self_distillation_loss
         from ..training import Trainer
 
-        plan = self.plan(model, ctx)
-        loss_fn = self_distillation_loss(model, self.config.distill, ctx, self.config.label_smoothing) if self.config.distill else None
-        trainer = Trainer(model, self.config.train_config(), ctx, loss_fn=loss_fn)
-        prune = self.prune_channels if self.config.method == "channel" else self.prune_weights
+        cfg, plan = self.config, self.plan(model, ctx)
+        loss_fn = self_distillation_loss(model, cfg.distill, ctx, cfg.label_smoothing) if cfg.distill else None
+        trainer = Trainer(model, cfg.train_config(), ctx, loss_fn=loss_fn)
+        prune = self.prune_channels if cfg.method == "channel" else self.prune_weights
         try:
             return prune(model, spec, ctx, trainer, plan)
         except ConfigError as e:
