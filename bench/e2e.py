@@ -315,10 +315,12 @@ def ahead(ours: Row, peer: Row) -> dict[str, bool]:
 
 
 def verdict(ours: Row, peer: Row) -> str:
+    """Our gap to a peer, and at each batch size whether ours is ahead of it or it is ahead of ours."""
     gap, spread = gap_and_spread(ours, peer)
+    behind = [batch for batch, is_ahead in ahead(peer, ours).items() if is_ahead]
     return f"{gap:+.2f} points (spread {spread:.2f}); " + "; ".join(
         f"{batch} {'ahead' if is_ahead else 'not ahead'} ({peer.median(batch) / ours.median(batch):.2f}x its speed)"
-        for batch, is_ahead in ahead(ours, peer).items())
+        for batch, is_ahead in ahead(ours, peer).items()) + (f"; it is ahead of ours at {' and '.join(behind)}" if behind else "")
 
 
 def goals(rows: list[Row], timing: Timings) -> tuple[list[str], dict[str, bool]]:
@@ -333,6 +335,7 @@ def goals(rows: list[Row], timing: Timings) -> tuple[list[str], dict[str, bool]]
         competitors = [r for r in rows if r.group == "peer" and (r.level is None or (r.level == ours.level and (r.budget == ours.budget
                                                                                                                   or "reference's budget" in r.name)))]
         beaten = [r for r in competitors if all(ahead(ours, r).values())]
+        beating = [r.key for r in competitors if any(ahead(r, ours).values())]
         held["b32"] &= fast >= 12
         held["b1"] &= small >= 3
         held["accuracy"] &= drop <= 1.0
@@ -344,6 +347,7 @@ def goals(rows: list[Row], timing: Timings) -> tuple[list[str], dict[str, bool]]
                   f"  - accuracy: {-drop:+.2f} points against the reference (goal: at most 1.0 below): {'met' if drop <= 1 else 'missed'}",
                   f"  - ahead of {len(beaten)} of {len(competitors)} peers at both batch sizes:"]
         lines += [f"    - vs {r.key}: {verdict(ours, r)}" for r in competitors]
+        lines.append(f"  - peers ahead of ours (the same test the other way): {', '.join(beating) or 'none'}")
     return lines, held
 
 

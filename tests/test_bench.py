@@ -25,6 +25,7 @@ def test_e2e_benchmark_writes_its_table_verdicts_and_plot(tmp_path):
     assert [re.sub(r"^ours: deployable .*", "ours: deployable", name) for name in table] == ROWS
     assert "- **1/8 of the MACs, E = 2**" in text and "    - vs small dense, the reference's budget (1/8, E=1):" in text
     assert "measured GEMM peak (fp32 " in text and "Reference validation accuracy by epoch: 1:" in text and "Summary: b32 " in text
+    assert "  - peers ahead of ours (the same test the other way): " in text
     quoted = text[text.index("```yaml"):]
     assert "type: prune" in quoted and "distill: {}" in quoted and "weights:" in quoted
     assert not re.search(r":\s+/", quoted)  # no absolute path of this machine
@@ -33,13 +34,17 @@ def test_e2e_benchmark_writes_its_table_verdicts_and_plot(tmp_path):
     assert os.cpu_count() == 1 or "at 1)" in text  # our artifact's speed-up is also given on one thread
 
 
-def test_a_gap_counts_only_beyond_the_seed_spread_and_at_no_higher_latency():
+def row(accuracies, b1, b32):
+    """A peer row of seeds with these test accuracies and latencies."""
     import torch
-    from e2e import Row, Run, ahead
+    from e2e import Row, Run
 
-    def row(accuracies, b1, b32):
-        return Row("r", "peer", 8, 3, "fp32", [Run(s, torch.nn.Identity(), "", 1.0, {"accuracy": a, "b1": b1, "b32": b32})
-                                               for s, a in enumerate(accuracies)])
+    return Row("r", "peer", 8, 3, "fp32", [Run(s, torch.nn.Identity(), "", 1.0, {"accuracy": a, "b1": b1, "b32": b32})
+                                           for s, a in enumerate(accuracies)])
+
+
+def test_a_gap_counts_only_beyond_the_seed_spread_and_at_no_higher_latency():
+    from e2e import ahead
 
     ours = row([92.0, 92.2, 92.4], 0.1, 2.0)  # mean 92.2, std 0.2
     assert ahead(ours, row([91.5, 91.6, 91.7], 0.1, 2.0)) == {"b1": True, "b32": True}  # gap 0.6 > spread 0.3
@@ -48,9 +53,18 @@ def test_a_gap_counts_only_beyond_the_seed_spread_and_at_no_higher_latency():
     assert ahead(ours, row([91.5, 91.6, 91.7], 0.098, 1.95)) == {"b1": True, "b32": True}  # within 5% counts as equal
 
 
+def test_the_verdict_says_when_a_peer_is_ahead_of_ours():
+    from e2e import verdict
+
+    ours = row([92.0, 92.2, 92.4], 0.1, 2.0)
+    assert verdict(ours, row([92.9, 93.0, 93.1], 0.1, 4.0)).endswith("; it is ahead of ours at b1")  # slower at batch 32 only
+    assert "ahead of ours" not in verdict(ours, row([92.9, 93.0, 93.1], 0.2, 4.0))  # more accurate, but slower at both
+    assert "ahead of ours" not in verdict(ours, row([92.1, 92.2, 92.3], 0.1, 2.0))  # within the spread
+
+
 def test_our_pipeline_variants_are_valid_pipeline_files_that_spend_the_same_budget(tmp_path):
-    """`--ours prune-distill` is one prune stage distilling from the reference for the whole budget; the default splits
-    the budget between pruning and MEAL."""
+    """`--ours prune-distill` (the default) is one prune stage distilling from the reference for the whole budget;
+    `--ours prune+meal` splits the budget between pruning and MEAL."""
     from compress.pipeline_file import load_pipeline
     from e2e import parse_args, pipeline_file
 
