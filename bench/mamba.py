@@ -4,8 +4,9 @@ The reference ResNet (bench/common.py) is the teacher, trained once and cached. 
 teacher-only chain of the same students, and a control CNN (cnn_s) of the MACs of the student nearest 10% of the
 teacher's, distilled from the teacher with the same loss and epochs. Per seed, the teacher, the progressive chain's
 students and ensemble and the control CNN are timed together with ONNX Runtime at batch 1 and 32 here, in alternating
-rounds (on every invocation). Finished runs are cached in the work folder, so an interrupted benchmark resumes (delete
-it after changing the code).
+rounds (on every invocation; the students are exported again from their saved weights, so a change of the export
+form needs no retraining). Finished runs are cached in the work folder, so an interrupted benchmark resumes (delete
+it after changing the training code).
 
     python bench/mamba.py --data-root ../shared/data/fashion-mnist --seeds 1,2,3      # full scale
     python bench/mamba.py --smoke            # bundled slice, about 1 minute; writes runs/bench-mamba-smoke/benchmarks.md
@@ -16,11 +17,13 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from common import REFERENCE, ROUNDS, THREADS, bench_parser, command_line, latencies, machine_line, trained_model, write_section
 from compress.atomic import atomic_write, to_json
+from compress.checkpoint import load_model_dir, save_model_dir
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import load_data
@@ -73,12 +76,18 @@ def stage_config(args, chain: str) -> MambaPkdStage.Config:
                                 ensemble={"macs": args.ensemble_macs, "weights": "fitted"}, latency_runs=5 if args.smoke else 30)
 
 
-def cached(folder: Path, key: dict, make) -> dict:
-    """The JSON record of `make()`, cached under a hash of `key`."""
+def cached(folder: Path, key: dict, make, needs: Optional[Path] = None) -> dict:
+    """The JSON record of `make()`, cached under a hash of `key`; made again when `needs`, a folder `make()` writes, is
+    missing."""
     done = folder / f"{sha256_json(key)[:20]}.json"
-    if not done.is_file():
+    if not done.is_file() or (needs is not None and not needs.is_dir()):
         atomic_write(done, to_json(make()))
     return json.loads(done.read_text())
+
+
+def models_folder(args, chain: str, seed: int) -> Path:
+    """Where one chain run's students and ensemble are saved (weights and spec, one model folder each)."""
+    return args.work_dir / "models" / f"{chain}-{seed}"
 
 
 def run_chain(args, chain: str, seed: int, teacher, spec, data, data_cfg) -> dict:
@@ -89,6 +98,8 @@ def run_chain(args, chain: str, seed: int, teacher, spec, data, data_cfg) -> dic
                      stage_dir=args.work_dir / "stage" / f"{chain}-{seed}")
     seed_everything(seed)
     result = MambaPkdStage(cfg).run(teacher, spec, ctx)
+    for name, variant in result.variants.items():
+        save_model_dir(models_folder(args, chain, seed) / name, variant.model, variant.spec, {})
     students = [v.model for n, v in result.variants.items() if n.startswith("student-")]
     probs = sum(torch.softmax(predict(m, data.test), -1) for m in students)
     family = {name: {"macs_share": v.metrics["macs_share"], "val_accuracy": v.metrics["val_accuracy"],
@@ -127,9 +138,13 @@ def timed_runs(args) -> int:
 
 def timed_together(args, seed: int, family: list[str], data):
     """Timings of the teacher, the progressive chain's members and the control CNN of one seed, from their ONNX files,
-    in alternating rounds (so that the machine's slow spells hit them alike and their ratios compare)."""
-    paths = {"teacher": args.work_dir / "onnx" / "teacher.onnx", "cnn": cnn_onnx(args, seed),
-             **{name: args.work_dir / "stage" / f"progressive-{seed}" / "onnx" / f"{name}.onnx" for name in family}}
+    in alternating rounds (so that the machine's slow spells hit them alike and their ratios compare). The members are
+    exported from their saved weights by the current code."""
+    paths = {"teacher": args.work_dir / "onnx" / "teacher.onnx", "cnn": cnn_onnx(args, seed)}
+    for name in family:
+        model, _, _ = load_model_dir(models_folder(args, "progressive", seed) / name)
+        paths[name] = args.work_dir / "onnx" / f"progressive-{seed}" / f"{name}.onnx"
+        export_onnx(model, data.input_shape, paths[name], DEFAULT_OPSET, "torchscript")
     return latencies({name: str(path) for name, path in paths.items()}, data, timed_runs(args), ROUNDS)
 
 
@@ -212,9 +227,9 @@ def findings(teacher_row, progressive, teacher_only, goal, timings) -> list[str]
                           f"{statistics.median(r['median'] for r in ratios):.1f}x (rounds {min(r['min'] for r in ratios):.1f}-"
                           f"{max(r['max'] for r in ratios):.1f}x)")
         lines.append(f"- {goal} vs the equal-MACs CNN, timed in the same rounds: {'; '.join(slower)}. "
-                     "The export-form scan is a chain of T small element-wise steps per layer (Gather, Mul, Add, "
-                     "ReduceSum on a (batch, channels, state) tensor each), which ONNX Runtime runs one kernel at a time; "
-                     "the CNN's work is in a few large convolutions")
+                     "The export-form scan is still T sequential steps per layer (a Mul and an Add on a (batch, channels, "
+                     "state) slice each), which ONNX Runtime runs one small kernel at a time; the CNN's work is in a few "
+                     "large convolutions")
     return lines
 
 
@@ -232,8 +247,9 @@ def main(argv=None) -> None:
     base = {"data": data_cfg.model_dump(mode="json"), "students": students(args), "scan": SCAN, "epochs": args.epochs,
             "smoke": args.smoke, "macs": args.ensemble_macs, "teacher": teacher_row["test_accuracy"]}
     runs = {chain: [cached(args.work_dir / "runs", {**base, "chain": chain, "seed": seed},
-                           lambda: run_chain(args, chain, seed, teacher, spec, data, data_cfg)) for seed in args.seeds]
-            for chain in ("progressive", "teacher")}
+                           lambda: run_chain(args, chain, seed, teacher, spec, data, data_cfg),
+                           models_folder(args, chain, seed) if chain == "progressive" else None) for seed in args.seeds]
+            for chain in ("progressive", "teacher")}  # the progressive chain's members are timed: their weights are needed
     shares = {n: m["macs_share"] for n, m in runs["progressive"][0]["family"].items() if n.startswith("student")}
     goal = min(shares, key=lambda n: abs(shares[n] - 0.10))
     cnn = [cached(args.work_dir / "runs", {**base, "cnn": goal, "seed": seed},

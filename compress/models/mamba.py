@@ -4,8 +4,9 @@ mamba_ensemble: several of them averaged, exported as one graph.
 The selective scan has three forms that compute the same thing (a test holds them to 1e-5):
 - `sequential`: the reference, one token at a time, discretising as it goes;
 - `parallel`: training, a log-depth (odd-even) scan of the linear recurrence, without in-place writes;
-- `export`: the recurrence unrolled over the static token count and fused with the read-out, so the graph holds one
-  (batch, channels, state) tensor at a time and uses only Slice/Mul/Add/Exp/ReduceSum/Concat-like operators.
+- `export`: the recurrence unrolled over the static token count, time-major, so the graph holds few nodes: one Split
+  per tensor, one Mul and one Add per token, and MatMuls for (Δ·u)·B and the read-out C·h; only Transpose, Split,
+  Mul, Add, Exp, MatMul and Concat-like operators.
 ONNX export always uses the export form (`torch.onnx.is_in_onnx_export()`); `scan` chooses the one used otherwise.
 """
 from __future__ import annotations
@@ -68,14 +69,25 @@ def scan_parallel(u, delta, A, B, C) -> torch.Tensor:
 
 
 def scan_export(u, delta, A, B, C) -> torch.Tensor:
-    """The recurrence unrolled over the (static) token count, fused with the read-out y_t = C_t · h_t."""
-    decay, drive = discretise(u, delta, A, B)
-    h = drive[:, 0]
-    ys = [(h * C[:, 0].unsqueeze(1)).sum(-1)]
-    for t in range(1, u.shape[1]):
-        h = decay[:, t] * h + drive[:, t]
-        ys.append((h * C[:, t].unsqueeze(1)).sum(-1))
-    return torch.stack(ys, 1)
+    """The recurrence unrolled over the (static) token count, written for a small ONNX graph: tokens first, so that
+    one Split per tensor gives every token's slice; the outer product (Δ·u)·B and the read-out y_t = C_t · h_t of all
+    tokens at once as MatMuls. (The earlier form, a Gather per token and tensor, broadcast products and a ReduceSum per
+    token, had 2.2x the nodes and ran 1.3-1.6x slower in ONNX Runtime on bench/mamba.py's student-1.)"""
+    u, delta, B, C = (t.transpose(0, 1) for t in (u, delta, B, C))  # (tokens, batch, ...)
+    decays = torch.exp(delta.unsqueeze(-1) * A).clamp_min(TINY).split(1)
+    drives = ((delta * u).unsqueeze(-1) @ B.unsqueeze(2)).split(1)
+    states = [drives[0]]
+    for decay, drive in zip(decays[1:], drives[1:]):
+        states.append(decay * states[-1] + drive)
+    return (torch.cat(states) @ C.unsqueeze(-1)).squeeze(-1).transpose(0, 1)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x); in ONNX export written relu(x) + log(1 + e^-|x|), which ONNX Runtime's vectorised Exp and Log run
+    about 2x faster than its Softplus kernel."""
+    if torch.onnx.is_in_onnx_export():
+        return F.relu(x) + torch.log1p(torch.exp(-x.abs()))
+    return F.softplus(x)
 
 
 SCAN_FNS = {"sequential": scan_sequential, "parallel": scan_parallel, "export": scan_export}
@@ -118,7 +130,7 @@ class SSM(nn.Module):
         tokens = x.shape[1]
         u = F.silu(self.conv1d(x.transpose(1, 2))[..., :tokens].transpose(1, 2))  # causal: keep the first T outputs
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.scan.d_state, self.scan.d_state], dim=-1)
-        return self.scan(u, F.softplus(self.dt_proj(dt)), B, C)
+        return self.scan(u, softplus(self.dt_proj(dt)), B, C)
 
 
 class MambaBlock(nn.Module):
