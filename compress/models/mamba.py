@@ -31,9 +31,12 @@ def discretise(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.T
 
     u, Δ: (batch, tokens, channels); A: (channels, state); B: (batch, tokens, state). B is discretised with the
     Euler rule Δ·B, as Mamba does."""
-    decay = torch.exp(delta.unsqueeze(-1) * A).clamp_min(TINY)
-    drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
-    return decay, drive
+    return decay_of(delta, A), (delta * u).unsqueeze(-1) * B.unsqueeze(2)
+
+
+def decay_of(delta: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """exp(Δ·A) per token, channel and state, kept above TINY: the zero-order-hold decay of every scan form."""
+    return torch.exp(delta.unsqueeze(-1) * A).clamp_min(TINY)
 
 
 def scan_sequential(u, delta, A, B, C) -> torch.Tensor:
@@ -74,7 +77,7 @@ def scan_export(u, delta, A, B, C) -> torch.Tensor:
     tokens at once as MatMuls. (The earlier form, a Gather per token and tensor, broadcast products and a ReduceSum per
     token, had 2.2x the nodes and ran 1.3-1.6x slower in ONNX Runtime on bench/mamba.py's student-1.)"""
     u, delta, B, C = (t.transpose(0, 1) for t in (u, delta, B, C))  # (tokens, batch, ...)
-    decays = torch.exp(delta.unsqueeze(-1) * A).clamp_min(TINY).split(1)
+    decays = decay_of(delta, A).split(1)
     drives = ((delta * u).unsqueeze(-1) @ B.unsqueeze(2)).split(1)
     states = [drives[0]]
     for decay, drive in zip(decays[1:], drives[1:]):
