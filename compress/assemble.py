@@ -20,7 +20,7 @@ STEPS = ("load", "generate", "repair", "bn", "export", "validate")
 
 def scenario_entry(budget: dict[str, Optional[float]], classes: Optional[str]):
     """The command line's scenario, validated like a pipeline file's `scenarios` entry."""
-    from .stages.factory import ScenarioConfig
+    from .methods.assembly.config import ScenarioConfig
 
     given = {k: v for k, v in budget.items() if v is not None}
     try:
