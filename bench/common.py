@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from compress.atomic import atomic_write
-from compress.checkpoint import load_model_dir, read_spec, save_model_dir
+from compress.checkpoint import VARIANTS, load_model_dir, read_spec, save_model_dir
 from compress.config import DataConfig, sha256_json
 from compress.context import RunContext
 from compress.data import DataBundle
@@ -72,6 +72,13 @@ def cached_model(folder: Path, make: Callable[[], tuple]) -> tuple[torch.nn.Modu
     metrics = {**(extra[0] if extra else {}), "seconds": time.perf_counter() - start}
     save_model_dir(folder, model, spec, metrics)
     return model, spec, metrics
+
+
+def family_member(stage: Path, metrics: dict, name: str) -> tuple[torch.nn.Module, dict, dict]:
+    """Grid member `name` of the slice stage that ran in folder `stage` with `metrics`: its primary output (the first
+    target's choice) or one of its variants; returns (model, spec, metrics)."""
+    primary = next(iter(metrics["chosen"].values()), None)
+    return load_model_dir(stage if name == primary else stage / VARIANTS / name)
 
 
 def scaled_reference(data: DataBundle, key: str, value: float) -> dict:

@@ -9,7 +9,7 @@ epochs scaled to the sorted run's training time (equal total compute). Accuracy 
 the `slice` section of docs/benchmarks.md and docs/slice-pareto.svg; finished work is cached in the work folder, so a
 rerun resumes (delete it after code changes).
 
-    python bench/slice.py --data-root ../shared/data/fashion-mnist          # full scale: about 65 minutes on 2 cores
+    python bench/slice.py --data-root ../shared/data/fashion-mnist          # full scale: about 80 minutes on 2 cores
     python bench/slice.py --dataset bundled --limit 512 --epochs 1 --reference-epochs 1 --seeds 0 \\
         --work-dir /tmp/slice --out /tmp/slice.md --plot /tmp/slice.svg     # smoke test
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from common import bench_parser, cached_model, command_line, converged_reference, machine_line, pipeline_data, write_section
+from common import (bench_parser, cached_model, command_line, converged_reference, family_member, machine_line, pipeline_data,
+                    write_section)
 from compress.atomic import atomic_write
-from compress.checkpoint import VARIANTS, load_model_dir
 from compress.config import DataConfig
 from compress.context import RunContext
 from compress.data import load_data
@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], help="channels of the resnet_s's three stages "
                    "(two blocks each); at [8, 16, 32] a narrow pass costs about as much as the full one on 2 cores "
                    "(docs/benchmarks.md)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs of the sorted run and of each separate run")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of the sorted run and of each separate run (2 and 4 compared in "
+                   "docs/benchmarks.md)")
     p.add_argument("--reference-epochs", type=int, default=20, help="training of the converged model every run starts from")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the sorted and the separate fine-tuning")
     p.add_argument("--samples-per-step", type=int, default=1, help="the slice stage's sub-networks sampled per step "
@@ -89,17 +90,16 @@ def member_name(subnets: dict, name: str) -> str:
 def sorted_run(args, seed: int, data, reference: Path) -> dict:
     """Run the pipeline on the converged model in folder `reference` (resumed when done) and score every sub-network
     on the test split."""
-    folder = args.work_dir / reference.name / f"sorted-{seed}"
+    folder = args.work_dir / reference.name / f"sorted-e{args.epochs}-lr{args.lr:g}-k{args.samples_per_step}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pipeline.yaml"
     atomic_write(path, yaml.safe_dump(pipeline(args, seed, reference / "weights.safetensors"), sort_keys=False).encode())
     report = run_pipeline(path, run_dir=folder / "run", quiet=True)
     metrics = report["stages"][0]["metrics"]
     stage = stage_folder(folder / "run", 0, "slice")
-    primary = next(iter(metrics["chosen"].values()))
     scores = {}
     for name, m in metrics["subnets"].items():
-        model, spec, _ = load_model_dir(stage if name == primary else stage / VARIANTS / name)
+        model, spec, _ = family_member(stage, metrics, name)
         scores[name] = {**m, "test_accuracy": evaluate(model, data.test)["accuracy"], "spec": spec, "model": model}
     return {"subnets": scores, "chosen": metrics["chosen"], "train_seconds": metrics["train_seconds"]}
 
@@ -127,12 +127,11 @@ def spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ({100 * min(values):.2f}-{100 * max(values):.2f})"
 
 
-def calibrated_estimate(members: dict, name: str, host, input_shape) -> float:
+def calibrated_estimate(members: dict, latency: dict[str, float], name: str, host, input_shape) -> float:
     """The host cost model's batch-1 estimate for grid member `name`, with its efficiencies and layer overhead fitted
-    (the fit of `compress profile --calibrate`) to the other members' latencies measured in the same run."""
+    (the fit of `compress profile --calibrate`) to the other members' measured latencies (`latency`: name -> ms)."""
     others = {n: layer_costs(m["model"], input_shape) for n, m in members.items() if n != name}
-    measured = {"results": [{"precision": "fp32", "file": n, "batches": {"1": {"p50_ms": members[n]["host_latency_ms"]}}}
-                            for n in others]}
+    measured = {"results": [{"precision": "fp32", "file": n, "batches": {"1": {"p50_ms": latency[n]}}} for n in others]}
     return estimate_latency_ms(layer_costs(members[name]["model"], input_shape), "fp32", calibrate(measured, host, others))
 
 
@@ -187,7 +186,7 @@ def main(argv=None) -> None:
              f"The separate runs fine-tune the converged model's importance-sorted prefix at each width (the same "
              f"sub-network, cut before the sorted training) alone, with the same settings. Targets: {', '.join(TARGETS)}. "
              f"Latency: each grid member's batch-1 ONNX Runtime time here, the members timed together in 5 alternating rounds "
-             f"of 20 runs (the median of the rounds' medians).", "",
+             f"of 20 runs (the median of the rounds' medians), and in the tables the median over the seeds' runs.", "",
              "### The grid", "",
              "| sub-network | MACs | share of full MACs | test acc | of full network | BN gain (val, pts) | ORT b1 here ms |",
              "|---|---|---|---|---|---|---|"]
@@ -229,15 +228,17 @@ def main(argv=None) -> None:
               "estimate, nominal host ms | nominal / measured | estimate, calibrated ms | calibrated / measured |",
               "|---|---|---|---|---|---|---|---|"]
     errors = []
+    latency = {n: statistics.median(r["subnets"][n]["host_latency_ms"] for r in runs) for n in first}  # one session per run
     for target, name in runs[0]["chosen"].items():
-        m = first[name]
+        m, measured = first[name], latency[name]
         nominal = estimate_latency_ms(layer_costs(m["model"], data.input_shape), "fp32", host)
-        fitted = calibrated_estimate(first, name, host, data.input_shape)
-        errors.append(fitted / m["host_latency_ms"] - 1)
-        lines.append(f"| {target} | {name} | {m['test_accuracy']:.2%} | {m['host_latency_ms']:.3f} | {nominal:.3f} | "
-                     f"{nominal / m['host_latency_ms']:.2f} | {fitted:.3f} | {fitted / m['host_latency_ms']:.2f} |")
-    lines += ["", "Calibrated: the host profile's efficiencies and layer overhead fitted, as `compress profile --calibrate` "
-              "fits them, to the batch-1 latencies of the other grid members measured in the same run (leave one out)."]
+        fitted = calibrated_estimate(first, latency, name, host, data.input_shape)
+        errors.append(fitted / measured - 1)
+        lines.append(f"| {target} | {name} | {m['test_accuracy']:.2%} | {measured:.3f} | {nominal:.3f} | "
+                     f"{nominal / measured:.2f} | {fitted:.3f} | {fitted / measured:.2f} |")
+    lines += ["", "Measured: the median over the seeds' runs (each run times its members in its own ONNX Runtime sessions). "
+              "Calibrated: the host profile's efficiencies and layer overhead fitted, as `compress profile --calibrate` fits "
+              "them, to the other grid members' measured batch-1 latencies (leave one out)."]
 
     plot = pareto_svg([Point(f"slice {n}", m["macs_share"] * sum(c.macs for c in layer_costs(first[full]["model"], data.input_shape)),
                              statistics.mean(r["subnets"][n]["test_accuracy"] for r in runs), group="main") for n, m in first.items()]
