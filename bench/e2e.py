@@ -47,6 +47,7 @@ from compress.config import DataConfig, ExportConfig, sha256_json
 from compress.data import load_data
 from compress.export.runner import export_and_validate
 from compress.export.validate import ort_session, run_session
+from compress.methods.slicing.family import preference
 from compress.metrics import layer_costs, model_metrics
 from compress.pipeline import run_pipeline, stage_folder
 from compress.report_html import Point, ms, pareto_svg
@@ -114,7 +115,9 @@ class Row:
 
     @property
     def key(self) -> str:
-        return f"{self.name} (1/{self.level:g}, E={self.budget})" if self.level else self.name
+        if self.level:
+            return f"{self.name} (1/{self.level:g}, E={self.budget})"
+        return f"{self.name} (E={self.budget})" if self.budget else self.name
 
     def values(self, what: str) -> list[float]:
         return [r.measured[what] for r in self.runs]
@@ -197,7 +200,7 @@ def chosen_member(subnets: dict[str, dict], share: float) -> str:
     fitting = {name: m for name, m in subnets.items() if m["macs_share"] <= share}
     if not fitting:
         raise SystemExit(f"no slicing grid member within {share:.1%} of the MACs; add a narrower width to SLICE_WIDTHS")
-    return max(fitting, key=lambda name: (fitting[name]["val_accuracy_recalibrated"], -fitting[name]["macs_share"]))
+    return max(fitting, key=lambda name: preference(fitting[name]))
 
 
 class Bench:
@@ -281,17 +284,18 @@ class Bench:
 
     def slice_rows(self, level: float, budget: int) -> list[Row]:
         """Our slicing pipeline's model at one level: per seed, the member its rule picks within 1/level of the MACs."""
-        picked = [(*family, chosen_member(family[2]["subnets"], round(1 / level, 6))) for family in self.sliced(budget)]
-        runs = [self.member_run(*family) for family in picked]
-        note = f"slice {budget} epochs, chosen within 1/{level:g} of the MACs: {', '.join(dict.fromkeys(p[-1] for p in picked))}"
+        families = self.sliced(budget)
+        names = [chosen_member(metrics["subnets"], round(1 / level, 6)) for _, _, metrics, _ in families]
+        runs = [self.member_run(*family, name) for family, name in zip(families, names)]
+        note = f"slice {budget} epochs, chosen within 1/{level:g} of the MACs: {', '.join(dict.fromkeys(names))}"
         return [Row("ours, sliced", "ours", level, budget, "fp32", [fp32 for fp32, _ in runs], note),
                 Row("ours, sliced + INT8", "ours", level, budget, "int8", [int8 for _, int8 in runs])]
 
     def slice_curve(self, budget: int) -> list[Row]:
         """Every grid member of the first seed's slicing run, as INT8: the curve of one run's sub-networks."""
         seed, stage, metrics, folder = self.sliced(budget)[0]
-        return [Row(f"slice {name} (E={budget})", "curve", None, budget, "int8", [self.member_run(seed, stage, metrics, folder, name)[1]],
-                    f"{metrics['subnets'][name]['macs_share']:.1%} of the MACs") for name in metrics["subnets"]]
+        return [Row(f"slice {name}", "curve", None, budget, "int8", [self.member_run(seed, stage, metrics, folder, name)[1]])
+                for name in metrics["subnets"]]
 
     def rows(self) -> tuple[list[Row], dict[str, str]]:
         """Every row, and the methods that could not run ({method: why})."""
@@ -459,7 +463,7 @@ def markdown(args, rows: list[Row], skipped: dict[str, str], timing: Timings, be
         lines += ["", f"The slicing pipeline's sub-networks (seed {members[0].runs[0].seed}, INT8; the curve on the plot), each budget's "
                   f"grid cut from one run:", "", "| sub-network | E | MACs | test acc | b1 ms | b32 ms | speed-up b1 | speed-up b32 |",
                   "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {row.name.split(' (')[0]} | {row.budget} | {row.median('macs') / 1e6:.2f}M ({row.median('macs') / reference.median('macs'):.1%}) | "
+        lines += [f"| {row.name} | {row.budget} | {row.median('macs') / 1e6:.2f}M ({row.median('macs') / reference.median('macs'):.1%}) | "
                   f"{row.mean('accuracy'):.2f} | {row.median('b1'):.3f} | {row.median('b32'):.3f} | {ratio_cell(speedups(timing, reference, row, 1))} | "
                   f"{ratio_cell(speedups(timing, reference, row, 32))} |" for row in members]
     goal_lines, held = goals(rows, timing)

@@ -78,7 +78,12 @@ def choose(members: list[Member], target: TargetProfile) -> Member:
         cheapest = min(members, key=lambda m: m.costs[target.name]["latency_ms"])
         raise ConfigError(f"no sub-network fits the budgets of target {target.name}: the cheapest, {cheapest.subnet.name}, "
                           f"has {'; '.join(over_budget(cheapest.costs[target.name], target))}; add smaller widths or depths")
-    return max(fitting, key=lambda m: (m.metrics["val_accuracy_recalibrated"], -m.metrics["macs_share"]))
+    return max(fitting, key=lambda m: preference(m.metrics))
+
+
+def preference(metrics: dict) -> tuple[float, float]:
+    """How fitting members rank (higher first): validation accuracy after recalibration, then fewer MACs."""
+    return metrics["val_accuracy_recalibrated"], -metrics["macs_share"]
 
 
 def pareto_names(members: list[Member]) -> list[str]:
