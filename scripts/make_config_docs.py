@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from compress.config import config_models
 from compress.pipeline_file import PipelineConfig
 from compress.stages import STAGES
+from compress.stages.base import StageConfig
 from compress.targets.profile import TargetProfile
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
@@ -47,10 +48,11 @@ def type_text(schema: dict) -> str:
 
 
 def model_table(model: type[BaseModel], heading: str, note: str = "") -> str:
-    """A markdown section: `heading`, `note`, and a row per key of `model`."""
+    """A markdown section: `heading`, `note`, and a row per key of `model` (a stage's `type` and `name` first)."""
     properties = model.model_json_schema()["properties"]
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, field in model.model_fields.items():
+    lead = StageConfig.model_fields if issubclass(model, StageConfig) else {}
+    for key, field in sorted(model.model_fields.items(), key=lambda item: item[0] not in lead):
         if field.is_required():
             default = "required"
         else:
