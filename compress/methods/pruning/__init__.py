@@ -1,1 +1,1 @@
-"""Pruning mechanics: the schedule, weight masks, channel groups (torch-pruning), block dropping."""
+"""Pruning: its settings, the schedule, weight masks, channel groups (torch-pruning), block dropping."""
