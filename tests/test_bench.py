@@ -6,9 +6,12 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-ROWS = ["fp32 reference", "NNCF INT8 alone", "ours, fp32", "ours: deployable", "ours, sliced", "ours, sliced + INT8", "torch-pruning one-shot", "torch-pruning one-shot + INT8",
+ROWS = ["fp32 reference", "NNCF INT8 alone", "ours, fp32", "ours: deployable", "ours, sliced", "ours, sliced + INT8",
+        "torch-pruning one-shot", "torch-pruning one-shot + INT8",
         "torch-pruning iterative", "torch-pruning iterative + INT8", "small dense from scratch", "small dense from scratch + INT8",
         "small dense, the reference's budget", "small dense, the reference's budget + INT8"]
 
@@ -88,7 +91,6 @@ def test_our_pipeline_variants_are_valid_pipeline_files_that_spend_the_same_budg
 def test_the_slicing_pipeline_is_a_valid_pipeline_file_with_the_whole_budget_and_levels_pick_by_validation(tmp_path):
     """The slicing variant trains for all E epochs; each level takes the member most accurate on validation within its
     MACs (fewer MACs on a tie), and a level below the grid's narrowest member is an error naming the fix."""
-    import pytest
     from compress.pipeline_file import load_pipeline
     from e2e import SLICE_WIDTHS, chosen_member, parse_args, slice_pipeline_file
 
