@@ -38,6 +38,12 @@ BAD = [
     ({"name": "run\n"}, ["name:", "letters, digits"]),
     ({"model": {"kwargs": {}}}, ["model.arch: Field required"]),
     ({"export": {"exporter": "jit"}}, ["export.exporter"]),
+    # a field's own bound holds beside its type's (pydantic lets an Annotated type's bound replace the field's)
+    ({"stages": [{"type": "slice", "samples_per_step": 65}]}, ["stages[0].samples_per_step", "less than or equal to 64"]),
+    ({"stages": [{"type": "slice", "bn_recalibration_batches": 10**6 + 1}]}, ["stages[0].bn_recalibration_batches", "1000000"]),
+    ({"stages": [{"type": "slice", "smallest": "each"}]}, ["stages[0].smallest", "'per_depth' or 'overall'"]),
+    ({"stages": [{"type": "factory", "bn_recalibration_batches": 10**6 + 1}]}, ["stages[0].bn_recalibration_batches", "1000000"]),
+    ({"stages": [{"type": "factory", "generator": {"batch_size": 10**6 + 1}}]}, ["stages[0].generator.batch_size", "1000000"]),
 ]
 
 

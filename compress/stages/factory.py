@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
-from ..config import Count, Natural
+from ..config import Count
 from ..errors import ConfigError
 from ..methods.assembly.config import GeneratorConfig, ScenarioConfig, SearchConfig
 from .base import Stage, StageConfig, StageResult, Variant, register_stage
@@ -28,7 +28,7 @@ class FactoryConfig(StageConfig):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     scenarios: list[ScenarioConfig] = Field(min_length=1, max_length=256, description="the models to assemble; the first "
                                             "is the stage's primary output")
-    bn_recalibration_batches: Natural = Field(10, le=1_000_000, description="training batches (of the scenario's classes) "
+    bn_recalibration_batches: int = Field(10, ge=0, le=1_000_000, description="training batches (of the scenario's classes) "
                                               "that recompute an assembled model's BatchNorm statistics",
                                               json_schema_extra={"smoke": 2})
     search: Optional[SearchConfig] = Field(default_factory=SearchConfig, description="the evolutionary-search baseline "

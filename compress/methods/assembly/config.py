@@ -6,7 +6,7 @@ from typing import Optional
 
 from pydantic import Field, PositiveFloat, field_validator, model_validator
 
-from ...config import Count, Name, Natural, Strict
+from ...config import Name, Natural, Strict
 
 BUDGET_KEYS = ("latency_ms", "macs", "size_kb")
 
@@ -62,7 +62,7 @@ class GeneratorConfig(Strict):
     hidden: int = Field(64, ge=4, le=4096, description="width of the generator's two hidden layers")
     epochs: float = Field(3.0, gt=0, le=10_000, description="passes over the training split, one sampled scenario per batch",
                           json_schema_extra={"smoke": 1})
-    batch_size: Count = Field(512, le=1_000_000, description="training examples per step (one sampled scenario each); a "
+    batch_size: int = Field(512, gt=0, le=1_000_000, description="training examples per step (one sampled scenario each); a "
                               "few hundred keep the masked supernet's loss from following one batch's noise",
                               json_schema_extra={"smoke": 32})
     lr: float = Field(3e-3, gt=0, le=10, description="Adam learning rate")
