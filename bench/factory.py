@@ -75,7 +75,9 @@ def scenarios() -> list[dict]:
 def pipeline(args, seed: int) -> dict:
     data = pipeline_data(args)
     return {"name": f"factory-{seed}", "seed": seed, "model": ARCH, "data": data,
-            "stages": [{"type": "slice", "depths": [1, 2], "round_to": 4, "epochs": args.epochs, "lr": 0.1, "warmup_epochs": 0.3},
+            # `smallest: overall`: the sandwich the committed table was trained with (per_depth, the default since, is untried here)
+            "stages": [{"type": "slice", "depths": [1, 2], "round_to": 4, "smallest": "overall", "epochs": args.epochs, "lr": 0.1,
+                        "warmup_epochs": 0.3},
                        {"type": "factory", "module_channels": 4, "generator": {"epochs": args.generator_epochs},
                         "search": {"population": args.population, "generations": args.generations, "samples": 1000},
                         "scenarios": scenarios()}],

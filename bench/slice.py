@@ -44,6 +44,8 @@ ROUND_TO = 4  # channel multiple: at the targets' alignment of 16 the 8- and 16-
 COMPARED = [0.25, 0.5, 0.75, 1.0]
 TARGETS = ["host", "raspberry-pi-5", "jetson-orin-nano"]
 REPO = Path(__file__).resolve().parents[1]
+SMALLEST = {"overall": "the narrowest and shallowest every step",
+            "per_depth": "the narrowest of depth 1 and of depth 2 on alternate steps"}
 
 
 def parse_args(argv=None):
@@ -57,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate of the sorted and the separate fine-tuning")
     p.add_argument("--samples-per-step", type=int, default=1, help="the slice stage's sub-networks sampled per step "
                    "besides the full and the smallest (each adds a forward and backward pass)")
+    p.add_argument("--smallest", choices=["per_depth", "overall"], default="per_depth", help="the slice stage's "
+                   "sandwich smallest: the narrowest of each depth in turn (per_depth) or the narrowest and shallowest "
+                   "every step (overall; both compared in docs/benchmarks.md)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench-slice"), help="pipeline runs and separate-training cache")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "slice-pareto.svg")
@@ -79,6 +84,7 @@ def pipeline(args, seed: int, weights: Path) -> dict:
     data = pipeline_data(args)
     return {"name": f"slice-{seed}", "seed": seed, "model": {**architecture(args), "weights": str(weights.resolve())}, "data": data,
             "stages": [{"type": "slice", "depths": [1, 2], "round_to": ROUND_TO, "samples_per_step": args.samples_per_step,
+                        "smallest": args.smallest,
                         **training(args, args.epochs)}],
             "export": {"formats": ["onnx"], "latency_runs": 20}, "targets": TARGETS}
 
@@ -91,7 +97,7 @@ def member_name(subnets: dict, name: str) -> str:
 def sorted_run(args, seed: int, data, reference: Path) -> dict:
     """Run the pipeline on the converged model in folder `reference` (resumed when done) and score every sub-network
     on the test split."""
-    folder = args.work_dir / reference.name / f"sorted-e{args.epochs}-lr{args.lr:g}-k{args.samples_per_step}-{seed}"
+    folder = args.work_dir / reference.name / f"sorted-e{args.epochs}-lr{args.lr:g}-k{args.samples_per_step}-{args.smallest}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pipeline.yaml"
     atomic_write(path, yaml.safe_dump(pipeline(args, seed, reference / "weights.safetensors"), sort_keys=False).encode())
@@ -181,7 +187,8 @@ def main(argv=None) -> None:
              f"{ref_metrics['seconds'] / 60:.0f} minutes, not counted below), test accuracy {ref_accuracy:.2%}, validation "
              f"accuracy by epoch {curve}. The sorted run fine-tunes it for {args.epochs} epochs (SGD, lr {args.lr:g}, cosine, "
              f"no augmentation) as `type: slice`: default 8 widths x depths [1, 2] (16 grid points), "
-             f"{args.samples_per_step} sampled sub-network(s) per step besides the full and the smallest, in-place "
+             f"{args.samples_per_step} sampled sub-network(s) per step besides the full and the smallest (`smallest: "
+             f"{args.smallest}`: {SMALLEST[args.smallest]}), in-place "
              f"distillation, BatchNorm recalibrated on 50 batches per sub-network, channel counts multiples of {ROUND_TO} "
              f"(`round_to: {ROUND_TO}`: at the targets' alignment of 16 the 8- and 16-channel stages could not narrow). "
              f"The separate runs fine-tune the converged model's importance-sorted prefix at each width (the same "

@@ -14,10 +14,11 @@ from torch import nn
 from compress.checkpoint import VARIANTS, load_model_dir
 from compress.cli import main
 from compress.config import DataConfig
-from compress.data import load_data
+from compress.data import Batch, load_data
 from compress.methods.pruning.masks import layers_in_order
 from compress.methods.slicing.groups import find_groups
 from compress.methods.slicing.supernet import SubNet, Supernet, residual_stages, sort_by_importance
+from compress.methods.slicing.training import SandwichStep
 from compress.metrics import count_macs
 from compress.models import build_model, make_spec
 from compress.models.spec import ModelSpec
@@ -117,6 +118,24 @@ def test_a_grouped_convolution_keeps_whole_groups():
     assert (dense.a.out_channels, dense.b.out_channels) == (4, 4)  # one group's inputs from each branch
     assert dense.depthwise.groups == dense.depthwise.out_channels == 16
     assert count_macs(dense, SHAPE) / count_macs(model, SHAPE) == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("smallest, expected", [("overall", ["w0.25-d1"] * 4),
+                                                 ("per_depth", ["w0.25-d1", "w0.25-d2"] * 2)])
+def test_the_sandwich_takes_its_smallest_overall_or_per_depth_and_samples_the_rest(smallest, expected):
+    model = build_model(RESNET)
+    supernet = supernet_of(model)
+    grid = [SubNet(w, d) for d in (1, 2) for w in (0.25, 0.5, 1.0)]
+    step = SandwichStep(supernet, grid, samples=1, inplace=True, seed=0, loss_fn=lambda logits, b: logits.sum(),
+                        smallest=smallest)
+    active, enter = [], supernet.active
+    supernet.active = lambda subnet: (active.append(subnet.name), enter(subnet))[1]
+    batch = Batch(torch.randn(2, *SHAPE), torch.tensor([0, 1]), torch.arange(2))
+    for _ in expected:
+        step(model, batch)
+    assert [active[i] for i in range(0, 8, 2)] == expected
+    sampled = set(active[1::2])
+    assert sampled and not sampled & (set(expected) | {"w1-d2"})
 
 
 def test_layers_that_cannot_be_nested_are_named():

@@ -9,7 +9,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
-from ..config import Count, Natural, Strict, TrainConfig
+from ..config import Count, Strict, TrainConfig
 from ..errors import ConfigError
 from .base import Stage, StageConfig, StageResult, Variant, register_stage
 
@@ -28,12 +28,15 @@ class SliceConfig(StageConfig, TrainConfig):
                                 description="width multipliers of the grid, in (0, 1]; 1.0 (the full network) must be one")
     depths: Optional[list[Count]] = Field(None, max_length=64, description="blocks kept per residual stage (the first d); "
                                           "omit for width only")
-    samples_per_step: Natural = Field(2, le=64, description="sub-networks sampled each step besides the full and the smallest")
+    samples_per_step: int = Field(2, ge=0, le=64, description="sub-networks sampled each step besides the full and the smallest")
+    smallest: Literal["per_depth", "overall"] = Field(
+        "per_depth", description="the sandwich's smallest sub-network: the narrowest of each depth in turn (per_depth), "
+                                 "or the narrowest and shallowest every step (overall)")
     inplace_distillation: Union[bool, StageTeacher] = Field(
         True, description="sub-networks learn the full network's soft predictions (true), an earlier stage's ({stage: "
                           "NAME}: the full network learns from it too), or the labels (false)")
     temperature: float = Field(1.0, gt=0, le=1000, description="softmax temperature of distillation from a stage")
-    bn_recalibration_batches: Natural = Field(50, le=1_000_000, description="training batches that recompute each "
+    bn_recalibration_batches: int = Field(50, ge=0, le=1_000_000, description="training batches that recompute each "
                                               "sub-network's BatchNorm statistics", json_schema_extra={"smoke": 2})
     round_to: Optional[Count] = Field(None, description="channel counts become multiples of this; default: the largest "
                                       "channel_alignment of the run's targets")
@@ -68,7 +71,7 @@ class SliceStage(Stage):
     Config = SliceConfig
     variant_per_target = True
     example = {"type": "slice", "widths": [0.25, 0.5, 0.75, 1.0], "depths": [1, 2], "samples_per_step": 2,
-               "inplace_distillation": True, "bn_recalibration_batches": 20, "epochs": 3}
+               "smallest": "per_depth", "inplace_distillation": True, "bn_recalibration_batches": 20, "epochs": 3}
 
     def target_dependence(self) -> Optional[str]:
         return "it chooses the most accurate sub-network within each target's budgets"
@@ -130,7 +133,7 @@ class SliceStage(Stage):
                                      cache=not ctx.data_config.augment)
         trainer = Trainer(model, cfg, ctx)
         trainer.step_fn = SandwichStep(supernet, grid, cfg.samples_per_step, bool(cfg.inplace_distillation), ctx.seed,
-                                       trainer.loss_fn, teacher, cfg.temperature)
+                                       trainer.loss_fn, teacher, cfg.temperature, cfg.smallest)
         started = time.perf_counter()
         history = trainer.fit()
         train_seconds = time.perf_counter() - started
