@@ -24,7 +24,8 @@ class SandwichStep:
 
     `smallest="per_depth"` takes the narrowest sub-network of each depth in turn, one per step, instead of the
     narrowest and shallowest every step ("overall"); the others are sampled from the rest of the grid. On
-    Fashion-MNIST it lifts the narrow deep sub-networks by 0.5-1.3 points at the same cost (docs/benchmarks.md)."""
+    Fashion-MNIST it lifted the narrow deep sub-networks by 0.5-1.3 points and cost the narrow shallow ones 0.5-0.9,
+    at the same training time (docs/benchmarks.md)."""
 
     def __init__(self, supernet: Supernet, grid: list[SubNet], samples: int, inplace: bool, seed: int,
                  loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
