@@ -36,6 +36,8 @@ def builder_kwargs(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# A field that needs a tighter bound than these says `int = Field(..., ge=0, le=N)`: pydantic lets an alias's own
+# bound replace the one in `Count = Field(..., le=N)`, silently (tests/test_config.py).
 Count = Annotated[int, Field(gt=0, le=INT_MAX)]
 Natural = Annotated[int, Field(ge=0, le=INT_MAX)]
 Name = Annotated[str, AfterValidator(safe_name)]
