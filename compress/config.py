@@ -108,7 +108,8 @@ class TrainConfig(Strict):
     grad_clip: Optional[float] = Field(None, gt=0, description="clip the global gradient norm")
     channels_last: bool = Field(False, description="train in the NHWC memory layout: faster convolutions on CPU (per "
                                                    "step here: 1.3-1.5x for the 32-64-128 resnet_s, 1.4-1.6x and 1.1-1.3x for "
-                                                   "it pruned to 1/8 and 1/16 of its MACs); the model is returned in the "
+                                                   "it pruned to 1/8 and 1/16 of its MACs); it holds through channel pruning "
+                                                   "and in the slice stage's sub-networks, and the model is returned in the "
                                                    "default layout")
 
 

@@ -48,8 +48,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: "RunContext", *, loss_fn: Optional[LossFn] = None,
                  step_fn: Optional[StepFn] = None, callbacks: Sequence[Callback] = ()):
-        layout = torch.channels_last if cfg.channels_last else torch.preserve_format
-        self.model, self.cfg, self.ctx = model.to(ctx.device, memory_format=layout), cfg, ctx
+        self.layout = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.model, self.cfg, self.ctx = model.to(ctx.device, memory_format=self.layout), cfg, ctx
         self.data, self.device, self.name = ctx.data, ctx.device, ctx.stage_name
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn or (lambda logits, batch: nn.functional.cross_entropy(logits, batch.y, label_smoothing=cfg.label_smoothing))
@@ -75,8 +75,10 @@ class Trainer:
     def structure_changed(self) -> None:
         """Call after a callback replaced parameters (e.g. removed channels): new optimizer groups, new DDP wrapper.
 
-        The learning-rate schedule carries on; optimizer state (momentum) starts afresh for the new tensors.
+        The learning-rate schedule carries on; optimizer state (momentum) starts afresh for the new tensors. With
+        `channels_last` the new tensors are put back in NHWC (torch-pruning's slices come out in the default layout).
         """
+        self.model.to(memory_format=self.layout)
         fresh = make_optimizer(self.model, self.cfg)
         for group, new in zip(self.optimizer.param_groups, fresh.param_groups):
             group["params"] = new["params"]

@@ -3,6 +3,8 @@ through the command line."""
 import copy
 import dataclasses
 import json
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import torch
@@ -136,6 +138,20 @@ def ctx(ctx):
     ctx.data = dataclasses.replace(ctx.data, train=ctx.data.train.head(64), val=ctx.data.val.head(64))
     ctx.data_config = ctx.data_config.model_copy(update={"batch_size": 8})
     return ctx
+
+
+@contextmanager
+def stage_callback(callback: Callback) -> Iterator[None]:
+    """Inside the block, every Trainer a stage builds also calls `callback`, after the stage's own."""
+    trainer_init = Trainer.__init__
+
+    def with_callback(self, *args, **kwargs):
+        trainer_init(self, *args, **kwargs)
+        self.callbacks.append(callback)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "__init__", with_callback)
+        yield
 
 
 def prune(ctx, spec, **config):
@@ -281,6 +297,21 @@ def test_every_built_in_model_can_be_channel_pruned_and_rebuilt(arch):          
     assert count_macs(pruned, (1, 28, 28)) < 0.5 * count_macs(model, (1, 28, 28))
 
 
+def test_channel_pruning_in_nhwc_keeps_every_weight_nhwc_after_each_pruning_step(ctx):
+    layouts = []
+
+    class Layout(Callback):
+        def on_batch_start(self, trainer, batch):
+            kernels = [p for p in trainer.model.parameters() if p.dim() == 4 and p.shape[1] > 1]
+            layouts.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels))
+
+    with stage_callback(Layout()):
+        model, result = prune(ctx, RESNET16, method="channel", target_macs=0.5, round_to=1, channels_last=True,
+                              schedule={"frequency": 2, "end": 0.75})
+    assert len(result.metrics["schedule"]) == 3 and layouts and all(layouts)  # torch-pruning's slices come out NCHW
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_channel_pruning_to_a_latency_target(ctx):
     precision = ctx.target.preferred_precisions[0]
     budget = 0.6 * estimate_latency_ms(layer_costs(build_model(RESNET16), (1, 28, 28)), precision, ctx.target)
@@ -392,14 +423,7 @@ def test_a_dropped_block_fades_on_the_schedule_and_is_gone_from_model_and_spec(c
     torch.manual_seed(0)
     model = build_model(RESNET16)
     full_macs = count_macs(model, (1, 28, 28))
-    trainer_init = Trainer.__init__
-
-    def with_watch(self, *args, **kwargs):
-        trainer_init(self, *args, **kwargs)
-        self.callbacks.append(Watch())
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "__init__", with_watch)
+    with stage_callback(Watch()):
         result = stage.run(model, RESNET16, ctx)
     assert result.metrics["dropped_blocks"] == ["blocks.0"] and isinstance(model.blocks[0], nn.Identity)
     assert gates == pytest.approx([(1 - t / 6) ** 3 for t in range(7)] + [0.0])  # cubic, reaching 0 at step 6 of 8

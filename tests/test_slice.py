@@ -97,6 +97,29 @@ def test_the_extracted_sub_network_computes_the_sliced_forward(name):
     assert torch.allclose(model(x), full)  # the supernet is itself again outside `active`
 
 
+def test_a_supernet_in_nhwc_slices_nhwc_kernels_and_computes_the_same(monkeypatch):
+    model = scrambled(build_model(RESNET))
+    supernet = supernet_of(model)
+    x = torch.randn(4, *SHAPE)
+    subnet = SubNet(0.5, 1)
+    with supernet.active(subnet):
+        expected = model(x)
+    kernels = []
+
+    def spy(x, weight, *args):
+        if weight.shape[1] > 1 and weight.shape[2] > 1:
+            kernels.append(weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous())
+        return conv2d(x, weight, *args)
+
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    model.to(memory_format=torch.channels_last)
+    with supernet.active(subnet):
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    assert kernels and all(kernels)  # index_select hands back NCHW slices
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_a_resnet_sub_network_rebuilds_from_its_spec():
     model = scrambled(build_model(RESNET))
     supernet = supernet_of(model)
