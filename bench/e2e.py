@@ -172,7 +172,8 @@ def pipeline_file(args, level: float, budget: int, seed: int, reference_weights:
                **({"distill": {}} if args.ours == "prune-distill" else {})}]
     if meal_epochs:
         stages.append({"type": "meal", "name": "meal", "teachers": [{**REFERENCE, "weights": str(reference_weights)}],
-                       "hard_label_weight": 0.5, "discriminator": {"enabled": False}, "epochs": meal_epochs, "lr": 0.02})
+                       "hard_label_weight": 0.5, "discriminator": {"enabled": False}, "epochs": meal_epochs, "lr": 0.02,
+                       "channels_last": True})
     return write_pipeline(args, "e2e", seed, stages, FORMATS, reference_weights, path)
 
 
@@ -330,7 +331,7 @@ class Bench:
                                                   searched, searched_spec, data, cfg, budget, seed, "fastnas", args.quiet), {"search_seconds": search["seconds"]}),
                                               {"macs": macs, **peers.FINE_TUNING})
                 if "small" in args.methods:
-                    train = TrainConfig(epochs=budget, lr=0.1, warmup_epochs=0.3)
+                    train = TrainConfig(epochs=budget, lr=0.1, warmup_epochs=0.3, channels_last=True)
                     rows += self.trained_rows("small dense from scratch", f"widths {small['kwargs']['widths']}, {budget} epochs", level, budget,
                                               lambda seed: train_from_scratch(small, data, cfg, train, seed, args.quiet), {"small": small, **train.model_dump()})
             if "small-full" in args.methods:
@@ -439,7 +440,7 @@ def markdown(args, rows: list[Row], skipped: dict[str, str], timing: Timings, be
         f"sample standard deviation over seeds {', '.join(map(str, args.seeds))}. The reference {REFERENCE['arch']} "
         f"{REFERENCE['kwargs']} was trained once ({args.reference_epochs} epochs, SGD lr 0.1, cosine, 2-pixel shifts; "
         f"{bench.reference_metrics['seconds'] / 60:.0f} minutes, not counted below) and every row starts from it. "
-        f"Budgets: every training row gets E epochs (fine-tuning lr 0.05, no augmentation). Latency: ONNX Runtime CPU at "
+        f"Budgets: every training row gets E epochs (fine-tuning lr 0.05, no augmentation, NHWC layout). Latency: ONNX Runtime CPU at "
         f"{THREADS[-1]} intra-op threads, each round's p50 of {args.runs} runs, median over {args.rounds} alternating "
         f"rounds and the seeds' files; speed-ups are the median (min-max) of per-round ratios against the reference. "
         f"Roofline: the batch-32 time at this machine's measured GEMM peak (fp32 {peaks['fp32']:.3f} TOPS, int8 "

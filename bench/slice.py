@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--smallest", choices=["per_depth", "overall"], default="per_depth", help="the slice stage's "
                    "sandwich smallest: the narrowest of each depth in turn (per_depth) or the narrowest and shallowest "
                    "every step (overall; both compared in docs/benchmarks.md)")
+    p.add_argument("--channels-last", action="store_true", help="train the sorted and the separate runs in NHWC: both run "
+                   "faster on this CPU, the full-width fine-tune more (docs/benchmarks.md)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench-slice"), help="pipeline runs and separate-training cache")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "slice-pareto.svg")
@@ -77,7 +79,12 @@ def reference_training(args) -> TrainConfig:
 
 
 def training(args, epochs: int) -> dict:
-    return {"epochs": epochs, "lr": args.lr}
+    return {"epochs": epochs, "lr": args.lr, **({"channels_last": True} if args.channels_last else {})}
+
+
+def layout(args) -> str:
+    """The cache folders' suffix for the memory layout the runs train in."""
+    return "-nhwc" if args.channels_last else ""
 
 
 def pipeline(args, seed: int, weights: Path) -> dict:
@@ -97,7 +104,7 @@ def member_name(subnets: dict, name: str) -> str:
 def sorted_run(args, seed: int, data, reference: Path) -> dict:
     """Run the pipeline on the converged model in folder `reference` (resumed when done) and score every sub-network
     on the test split."""
-    folder = args.work_dir / reference.name / f"sorted-e{args.epochs}-lr{args.lr:g}-k{args.samples_per_step}-{args.smallest}-{seed}"
+    folder = args.work_dir / reference.name / f"sorted-e{args.epochs}-lr{args.lr:g}-k{args.samples_per_step}-{args.smallest}{layout(args)}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pipeline.yaml"
     atomic_write(path, yaml.safe_dump(pipeline(args, seed, reference / "weights.safetensors"), sort_keys=False).encode())
@@ -125,7 +132,7 @@ def separate(args, reference: tuple, width: float, epochs: int, seed: int, data,
         Trainer(prefix, TrainConfig(**training(args, epochs)), ctx).fit()
         return prefix, spec.then(*transforms)
 
-    trained, _, metrics = cached_model(args.work_dir / folder.name / f"alone-w{width:g}-e{epochs}-lr{args.lr:g}-{seed}", make)
+    trained, _, metrics = cached_model(args.work_dir / folder.name / f"alone-w{width:g}-e{epochs}-lr{args.lr:g}{layout(args)}-{seed}", make)
     return {"test_accuracy": evaluate(trained, data.test)["accuracy"], "seconds": metrics["seconds"]}
 
 
@@ -186,7 +193,7 @@ def main(argv=None) -> None:
              f"of it: {args.reference_epochs} epochs (SGD, lr 0.1, cosine, warm-up 0.3 epochs, 2-pixel shifts, batch 128; "
              f"{ref_metrics['seconds'] / 60:.0f} minutes, not counted below), test accuracy {ref_accuracy:.2%}, validation "
              f"accuracy by epoch {curve}. The sorted run fine-tunes it for {args.epochs} epochs (SGD, lr {args.lr:g}, cosine, "
-             f"no augmentation) as `type: slice`: default 8 widths x depths [1, 2] (16 grid points), "
+             f"no augmentation{', NHWC' if args.channels_last else ''}) as `type: slice`: default 8 widths x depths [1, 2] (16 grid points), "
              f"{args.samples_per_step} sampled sub-network(s) per step besides the full and the smallest (`smallest: "
              f"{args.smallest}`: {SMALLEST[args.smallest]}), in-place "
              f"distillation, BatchNorm recalibrated on 50 batches per sub-network, channel counts multiples of {ROUND_TO} "
