@@ -118,6 +118,10 @@ def test_augmentation_keeps_shape_and_changes_pixels(tiny_data):
     plain = next(iter(BatchLoader(tiny_data.train, 16)))
     shifted = next(iter(BatchLoader(tiny_data.train, 16, augment=True)))
     assert shifted.x.shape == plain.x.shape and not torch.equal(shifted.x, plain.x)
+    padded = torch.nn.functional.pad(plain.x, (2, 2, 2, 2), mode="replicate")
+    offsets = [next((dy, dx) for dy in range(5) for dx in range(5) if torch.equal(shifted.x[i], padded[i, :, dy:dy + 28, dx:dx + 28]))
+               for i in range(16)]  # every image is its own, shifted by at most 2 pixels with edge fill
+    assert len(set(offsets)) > 1
 
 
 def test_big_endian_arrays_are_read_in_native_order(tmp_path):
