@@ -9,8 +9,9 @@ epochs scaled to the sorted run's training time (equal total compute). Accuracy 
 the `slice` section of docs/benchmarks.md and docs/slice-pareto.svg; finished work is cached in the work folder, so a
 rerun resumes (delete it after code changes).
 
-    python bench/slice.py --data-root ../shared/data/fashion-mnist          # full scale: about 90 minutes on 2 cores
-                                                                            # (68 with the converged model cached)
+    python bench/slice.py --data-root ../shared/data/fashion-mnist          # full scale: about 2 hours on 2 cores
+                                                                            # (the converged model 23 min, cached; then
+                                                                            # about 30 per seed)
     python bench/slice.py --dataset bundled --limit 512 --epochs 1 --reference-epochs 1 --seeds 0 \\
         --work-dir /tmp/slice --out /tmp/slice.md --plot /tmp/slice.svg     # smoke test
 """
