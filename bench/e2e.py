@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                                      "INT8 always run)")
     p.add_argument("--ours", choices=list(OURS), default="prune-distill", help="our pipeline: " +
                    "; ".join(f"{name}: {what}" for name, what in OURS.items()))
+    p.add_argument("--no-fill-budget", action="store_true", help="our prune stage with fill_budget: false (channel counts from "
+                   "the uniform ratio alone, as before 2026-12-08)")
     p.add_argument("--drop-blocks", type=int, default=1, help="blocks our prune stage removes besides channels (0: none)")
     p.add_argument("--target", default="x86-avx512-vnni", help="export target (INT8 settings, channel alignment)")
     p.add_argument("--runs", type=int, default=50, help="timed ONNX Runtime runs per measurement")
@@ -168,7 +170,8 @@ def pipeline_file(args, level: float, budget: int, seed: int, reference_weights:
     converged reference's weights and distils from them."""
     prune_epochs, meal_epochs = split_budget(args, budget)
     stages = [{"type": "prune", "name": "prune", "method": "channel", "target_macs": round(1 / level, 6), "round_to": peers.ROUND_TO,
-               **({"drop_blocks": args.drop_blocks} if args.drop_blocks else {}), "epochs": prune_epochs, **peers.FINE_TUNING,
+               **({"drop_blocks": args.drop_blocks} if args.drop_blocks else {}), **({"fill_budget": False} if args.no_fill_budget else {}),
+               "epochs": prune_epochs, **peers.FINE_TUNING,
                **({"distill": {}} if args.ours == "prune-distill" else {})}]
     if meal_epochs:
         stages.append({"type": "meal", "name": "meal", "teachers": [{**REFERENCE, "weights": str(reference_weights)}],
@@ -243,7 +246,8 @@ class Bench:
     def ours(self, level: float, budget: int) -> list[Row]:
         fp32, deploy = [], []
         for seed in self.args.seeds:
-            variant = "" if self.args.ours == "prune+meal" else f"-{self.args.ours}"  # prune+meal keeps the folders it was cached in
+            variant = ("" if self.args.ours == "prune+meal" else f"-{self.args.ours}") + ("-nofill" if self.args.no_fill_budget else "")
+            # (prune+meal keeps the folders it was cached in)
             folder = self.args.work_dir / "ours" / f"{level:g}x-E{budget}-s{seed}-{self.key[-8:]}{variant}"
             config = pipeline_file(self.args, level, budget, seed, (self.reference_folder / WEIGHTS).resolve(), folder / "e2e.yaml")
             report = run_pipeline(folder / "e2e.yaml", run_dir=folder / "run", quiet=self.args.quiet)

@@ -15,7 +15,8 @@ from compress.cli import main
 from compress.data import Split
 from compress.errors import ConfigError, ModelError
 from compress.methods.pruning.blocks import choose_blocks, droppable_blocks
-from compress.methods.pruning.channels import check_rebuilds, trial
+from compress.methods.budget import macs_goal
+from compress.methods.pruning.channels import check_rebuilds, shapes_for, trial
 from compress.methods.pruning.masks import MaskPruning, follows_nm, layers_in_order, nm_violations
 from compress.methods.pruning.schedule import ScheduleConfig, schedule, sparsity_at
 from compress.metrics import count_macs, layer_costs
@@ -283,6 +284,33 @@ def test_channel_pruning_reaches_the_macs_target_and_rebuilds_without_pickle(ctx
     rebuilt, rebuilt_spec, _ = load_model_dir(tmp_path / "ckpt")
     x = ctx.data.val.x[:8]
     assert rebuilt_spec == result.spec and torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-6)
+
+
+def test_filling_the_budget_widens_groups_until_no_further_alignment_unit_fits():
+    model, example = build_model(make_spec("resnet_s", 1, 10, {"widths": [32, 64, 128], "depths": [1, 1, 1]})), torch.zeros(1, 1, 28, 28)
+    goal = macs_goal(0.125, model, (1, 28, 28))
+    ratio, none, uniform = shapes_for(model, example, ["fc"], [], 8, goal, None, fill=False)
+    same, widened, filled = shapes_for(model, example, ["fc"], [], 8, goal, None)
+    assert none == {} and same == ratio and widened
+    assert goal.measure(uniform) < 0.11 < 0.12 < goal.measure(filled) <= 0.125  # rounding to 8 had left 15% unspent
+    before, after = shape_attrs(model), shape_attrs(filled)
+    convs = [name for name in after if isinstance(model.get_submodule(name), nn.Conv2d)]
+    assert all(after[name]["out_channels"] % 8 == 0 for name in convs)
+    for name in convs:  # one more unit on any group breaks the goal
+        if after[name]["out_channels"] < before[name]["out_channels"]:
+            wider = trial(model, example, ["fc"], ratio, 8, layer_ratios={
+                **widened, name: 1 - (after[name]["out_channels"] + 8.5) / before[name]["out_channels"]})
+            assert shape_attrs(wider) == after or not goal.met(wider), name
+
+
+def test_gradual_channel_pruning_ends_at_the_filled_shapes(ctx):
+    settings = dict(method="channel", target_macs=0.5, round_to=8, schedule={"frequency": 2, "end": 0.75})
+    model, result = prune(ctx, RESNET16, **settings)
+    _, plain = prune(ctx, RESNET16, fill_budget=False, **settings)
+    m, example = result.metrics, torch.zeros(1, 1, 28, 28)
+    planned = trial(build_model(RESNET16), example, ["fc"], m["channel_ratio"], 8, layer_ratios=m["widened"])
+    assert m["widened"] and plain.metrics["widened"] == {} and shape_attrs(model) == shape_attrs(planned)
+    assert plain.metrics["macs_ratio"] < 0.4 < m["macs_ratio"] <= 0.5 and m["goal"]["reached"] == m["macs_ratio"]
 
 
 @pytest.mark.parametrize("arch", [name for name in MODELS.names() if not name.startswith("mamba")])  # CNNs: Mamba

@@ -133,17 +133,19 @@ class PruneStage(Stage):
         before, base_macs = shape_attrs(model), count_macs(model, shape)
         dropped = blocks_to_drop(model, shape, cfg.drop_blocks, ctx.target) if cfg.drop_blocks else []
         goal = self.goal(model, ctx)
-        ratio, pruned = shapes_for(model, example, ignored, dropped, round_to, goal, cfg.sparsity, cfg.round_to_min)
+        ratio, layer_ratios, pruned = shapes_for(model, example, ignored, dropped, round_to, goal, cfg.sparsity, cfg.round_to_min,
+                                                 cfg.fill_budget)
         if goal is not None and cfg.schedule.initial_sparsity > ratio:
             raise ConfigError(f"schedule.initial_sparsity {cfg.schedule.initial_sparsity} is above the channel ratio "
                               f"{ratio:.3f} that {goal.key} {goal.value:g} needs")
         check_rebuilds(pruned, spec.then(Resize(modules=resize_changes(before, shape_attrs(pruned))), Drop(modules=dropped)))
         applied = schedule_channels(trainer, model, example, ignored, dropped, ratio, cfg.schedule, cfg.importance, round_to,
-                                    cfg.round_to_min)
+                                    cfg.round_to_min, layer_ratios)
         history = trainer.fit()
         after = shape_attrs(model)
-        metrics = {"method": "channel", "scope": plan.scope, "schedule": applied, "channel_ratio": ratio, "round_to": round_to,
-                   "round_to_min": cfg.round_to_min, "narrower_than_alignment": narrower_than(before, plan.scope, round_to),
+        metrics = {"method": "channel", "scope": plan.scope, "schedule": applied, "channel_ratio": ratio, "widened": layer_ratios,
+                   "round_to": round_to, "round_to_min": cfg.round_to_min,
+                   "narrower_than_alignment": narrower_than(before, plan.scope, round_to),
                    "dropped_blocks": dropped, "macs_ratio": count_macs(model, shape) / base_macs,
                    "layer_sparsity": channel_sparsity(before, after, list(plan.layers)), "history": history}
         if goal is not None:

@@ -91,13 +91,17 @@ def is_grouped_conv(module: nn.Module) -> bool:
 
 
 def make_pruner(model: nn.Module, example: torch.Tensor, ignored: list[str], ratios: list[float], importance: str = "l2",
-                round_to: int = 1, round_to_min: Optional[int] = None) -> AlignedPruner:
+                round_to: int = 1, round_to_min: Optional[int] = None,
+                layer_ratios: Optional[dict[str, float]] = None) -> AlignedPruner:
     """A per-layer pruner whose i-th `step()` cuts each channel group to 1 - ratios[i] of its initial width; groups
-    holding a layer named in `ignored` keep their channels."""
+    holding a layer named in `ignored` keep their channels. A group whose root layer is named in `layer_ratios` ends at
+    that ratio instead, reached on the same schedule scaled (ratios[i] * its ratio / ratios[-1])."""
     was_training = model.training
+    final = ratios[-1]
     try:
-        return AlignedPruner(model, example, IMPORTANCE[importance](), pruning_ratio=ratios[-1], iterative_steps=len(ratios),
-                             iterative_pruning_ratio_scheduler=lambda ratio, steps: [0.0, *ratios],
+        return AlignedPruner(model, example, IMPORTANCE[importance](), pruning_ratio=final, iterative_steps=len(ratios),
+                             iterative_pruning_ratio_scheduler=lambda ratio, steps: [0.0, *(r * ratio / final for r in ratios)],
+                             pruning_ratio_dict={model.get_submodule(n): r for n, r in (layer_ratios or {}).items()},
                              ignored_layers=[model.get_submodule(name) for name in ignored], round_to=round_to,
                              round_to_min=round_to_min, unwrapped_parameters=channel_vectors(model))
     except Exception as e:
@@ -138,24 +142,28 @@ def check_runs(model: nn.Module, example: torch.Tensor, doing: str) -> None:
 
 
 def trial(model: nn.Module, example: torch.Tensor, ignored: list[str], ratio: float, round_to: int,
-          round_to_min: Optional[int] = None) -> nn.Module:
-    """A copy of `model` pruned to `ratio` in one step, checked to run. Per-layer channel counts do not depend on the
-    importance criterion, so this predicts the shapes a gradual schedule ending at `ratio` gives."""
+          round_to_min: Optional[int] = None, layer_ratios: Optional[dict[str, float]] = None) -> nn.Module:
+    """A copy of `model` pruned to `ratio` (and `layer_ratios`, see `make_pruner`) in one step, checked to run.
+    Per-layer channel counts do not depend on the importance criterion, so this predicts the shapes a gradual schedule
+    ending there gives."""
     pruned = copy.deepcopy(model)
     if ratio > 0:
-        make_pruner(pruned, example, ignored, [ratio], "l1", round_to, round_to_min).step()
+        make_pruner(pruned, example, ignored, [ratio], "l1", round_to, round_to_min, layer_ratios).step()
         check_runs(pruned, example, "the model fails after channel pruning")
     return pruned
 
 
 def shapes_for(model: nn.Module, example: torch.Tensor, ignored: list[str], dropped: list[str], round_to: int,
-               goal: Optional[Goal], ratio: Optional[float], round_to_min: Optional[int] = None) -> tuple[float, nn.Module]:
-    """The channel ratio, and a pruned copy with the shapes it gives, for `model` without the `dropped` blocks: the
-    smallest ratio that meets `goal`, or the given `ratio`. A goal no ratio meets, or a ratio that changes nothing, is
-    a ConfigError naming the layers that set the floor."""
+               goal: Optional[Goal], ratio: Optional[float], round_to_min: Optional[int] = None,
+               fill: bool = True) -> tuple[float, dict[str, float], nn.Module]:
+    """The channel ratio, the per-group ratios that differ from it, and a pruned copy with the shapes they give, for
+    `model` without the `dropped` blocks: the smallest ratio that meets `goal` (then, with `fill`, the budget its
+    rounding leaves filled by `fill_budget`), or the given `ratio`. A goal no ratio meets, or a ratio that changes
+    nothing, is a ConfigError naming the layers that set the floor."""
     shallow = remove_modules(copy.deepcopy(model), dropped)
     kept = [n for n in ignored if not any(nested(n, d) for d in dropped)]
     shrink = lambda r: trial(shallow, example, kept, r, round_to, round_to_min)  # noqa: E731
+    layer_ratios: dict[str, float] = {}
     if goal is None:
         pruned = shrink(ratio)
     else:
@@ -164,10 +172,39 @@ def shapes_for(model: nn.Module, example: torch.Tensor, ignored: list[str], drop
             raise ConfigError(f"{goal.key} {goal.value:g} cannot be reached: removing {MAX_RATIO:.0%} of each layer's "
                               f"channels still gives {goal.measure(pruned):.4g}. "
                               + floor_report(shallow, pruned, kept, round_to, round_to_min, tuple(example.shape[1:])))
+        if fill and ratio > 0:
+            layer_ratios, pruned = fill_budget(shallow, pruned, example, kept, goal, ratio, round_to, round_to_min)
     if ratio > 0 and not dropped and shape_attrs(pruned) == shape_attrs(model):
         raise ConfigError(f"removing {ratio:.1%} of each layer's channels changes no layer: raise the ratio, lower round_to "
                           f"({round_to}), or check that torch-pruning can follow the model (no torch.no_grad in forward)")
-    return ratio, pruned
+    return ratio, layer_ratios, pruned
+
+
+def fill_budget(model: nn.Module, pruned: nn.Module, example: torch.Tensor, ignored: list[str], goal: Goal, ratio: float,
+                round_to: int, round_to_min: Optional[int] = None) -> tuple[dict[str, float], nn.Module]:
+    """Spend what rounding to the alignment leaves of `goal`: `pruned` is `model` cut by the uniform `ratio`; widen one
+    channel group at a time by one alignment unit, the group that keeps the smallest share of its channels first, while
+    the goal still holds. A group that does not fit once never fits later (widening others only adds cost), so this
+    takes one trial per widening plus one per group. Returns ({root layer: ratio} of the widened groups, their model)."""
+    names = {m: n for n, m in model.named_modules()}
+    pruner = make_pruner(model, example, ignored, [ratio], "l1", round_to, round_to_min)
+    roots = [names[group[0][0].target.module]
+             for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)]
+    initial, keep = shape_attrs(model), {r: out_width(shape_attrs(pruned)[r]) for r in roots}
+    open_roots, layer_ratios = set(roots), {}
+    while open_roots:
+        root = min(open_roots, key=lambda r: (keep[r] / out_width(initial[r]), r))
+        floor = round_to_min if round_to_min and keep[root] <= round_to else round_to
+        wider = min(out_width(initial[root]), keep[root] + floor)
+        # half a channel over, so that torch-pruning's int() of the kept count lands on `wider`, not one below
+        proposal = {**layer_ratios, root: max(0.0, 1 - (wider + 0.5) / out_width(initial[root]))}
+        candidate = trial(model, example, ignored, ratio, round_to, round_to_min, proposal)
+        width = out_width(shape_attrs(candidate)[root])
+        if width <= keep[root] or not goal.met(candidate):
+            open_roots.discard(root)
+            continue
+        layer_ratios, keep[root], pruned = proposal, width, candidate
+    return layer_ratios, pruned
 
 
 def floor_report(model: nn.Module, pruned: nn.Module, ignored: list[str], round_to: int, round_to_min: Optional[int],
@@ -205,9 +242,10 @@ def floor_report(model: nn.Module, pruned: nn.Module, ignored: list[str], round_
 
 def schedule_channels(trainer: Trainer, model: nn.Module, example: torch.Tensor, ignored: list[str], dropped: list[str],
                       ratio: float, schedule: ScheduleConfig, importance: str, round_to: int,
-                      round_to_min: Optional[int] = None) -> list[list]:
-    """Put the pruning on `trainer`: `dropped` blocks fade into the identity and channels shrink to `ratio`, both on
-    `schedule`. Returns the list the channel pruner fills with [step, ratio] as it applies them."""
+                      round_to_min: Optional[int] = None, layer_ratios: Optional[dict[str, float]] = None) -> list[list]:
+    """Put the pruning on `trainer`: `dropped` blocks fade into the identity and channels shrink to `ratio` (the groups
+    in `layer_ratios` to theirs), both on `schedule`. Returns the list the channel pruner fills with [step, ratio] as it
+    applies them."""
     total = trainer.total_steps
     if dropped:  # from 1 (kept) to 0 (gone) along the schedule
         done = schedule.ramp(total)
@@ -215,8 +253,8 @@ def schedule_channels(trainer: Trainer, model: nn.Module, example: torch.Tensor,
     events = schedule.events(ratio, total)
     if not events:
         return []
-    callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], importance, round_to, round_to_min),
-                              events)
+    callback = ChannelPruning(make_pruner(model, example, ignored, [v for _, v in events], importance, round_to, round_to_min,
+                                          layer_ratios), events)
     trainer.callbacks.append(callback)
     return callback.applied
 

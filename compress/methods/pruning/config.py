@@ -13,7 +13,7 @@ from ..distill.config import SelfDistillation
 from .schedule import ScheduleConfig
 
 METHOD_KEYS = {"target_macs": "channel", "target_latency_ms": "channel", "importance": "channel", "round_to": "channel",
-               "round_to_min": "channel", "drop_blocks": "channel", "global_ranking": "magnitude",
+               "round_to_min": "channel", "drop_blocks": "channel", "fill_budget": "channel", "global_ranking": "magnitude",
                "pattern": "nm"}  # keys that apply to one method only
 
 
@@ -41,6 +41,9 @@ class PruneSettings(TrainConfig):
     round_to_min: Optional[Count] = Field(None, description="channel: layers at or below round_to channels (a bottleneck "
                                                             "already narrower than the alignment) round to this instead, "
                                                             "so they can still shrink; must be below round_to")
+    fill_budget: bool = Field(True, description="channel, with target_macs or target_latency_ms: after the uniform ratio that "
+                              "meets the goal, widen the most-cut channel groups one alignment unit at a time while the goal "
+                              "still holds, so rounding to round_to does not leave budget unspent")
     drop_blocks: Optional[Union[Count, list[str]]] = Field(
         None, description="channel: also remove whole blocks (depth) on the same schedule: module names, or a count to take "
                           "the costliest on the target (by MACs without one); a block must return its input's shape, as a "
