@@ -52,8 +52,7 @@ class AlignedPruner(tp.pruner.BasePruner):
     def _aligned_keep(self, keep: float, current: int, groups: int) -> int:
         """`keep` channels of `current` rounded to the nearest multiple of the alignment and of `groups` (at least
         one such multiple; `current` when even that is wider)."""
-        floor = self.round_to_min if self.round_to_min and current <= self.round_to else self.round_to
-        unit = math.lcm(floor or 1, groups)
+        unit = math.lcm(alignment(current, self.round_to, self.round_to_min) or 1, groups)
         return current if unit > current else min(current, max(unit, unit * int(keep / unit + 0.5)))
 
     def _touches_grouped(self, group) -> bool:
@@ -83,6 +82,11 @@ class AlignedPruner(tp.pruner.BasePruner):
                 width = current // blocks
                 drop = torch.argsort(imp.view(blocks, width).mean(0).cpu())[: width - keep // blocks]
                 yield self.DG.get_pruning_group(conv, fn, [int(i) + b * width for b in range(blocks) for i in drop])
+
+
+def alignment(channels: int, round_to: Optional[int], round_to_min: Optional[int]) -> Optional[int]:
+    """The multiple a group of `channels` channels is rounded to: `round_to_min` at or below `round_to`, if set."""
+    return round_to_min if round_to_min and channels <= round_to else round_to
 
 
 def is_grouped_conv(module: nn.Module) -> bool:
@@ -190,14 +194,14 @@ def fill_budget(model: nn.Module, pruned: nn.Module, example: torch.Tensor, igno
     pruner = make_pruner(model, example, ignored, [ratio], "l1", round_to, round_to_min)
     roots = [names[group[0][0].target.module]
              for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)]
-    initial, keep = shape_attrs(model), {r: out_width(shape_attrs(pruned)[r]) for r in roots}
+    full = {r: out_width(shape_attrs(model)[r]) for r in roots}
+    keep = {r: out_width(shape_attrs(pruned)[r]) for r in roots}
     open_roots, layer_ratios = set(roots), {}
     while open_roots:
-        root = min(open_roots, key=lambda r: (keep[r] / out_width(initial[r]), r))
-        floor = round_to_min if round_to_min and keep[root] <= round_to else round_to
-        wider = min(out_width(initial[root]), keep[root] + floor)
+        root = min(open_roots, key=lambda r: (keep[r] / full[r], r))
+        wider = min(full[root], keep[root] + alignment(keep[root], round_to, round_to_min))
         # half a channel over, so that torch-pruning's int() of the kept count lands on `wider`, not one below
-        proposal = {**layer_ratios, root: max(0.0, 1 - (wider + 0.5) / out_width(initial[root]))}
+        proposal = {**layer_ratios, root: max(0.0, 1 - (wider + 0.5) / full[root])}
         candidate = trial(model, example, ignored, ratio, round_to, round_to_min, proposal)
         width = out_width(shape_attrs(candidate)[root])
         if width <= keep[root] or not goal.met(candidate):
@@ -221,7 +225,7 @@ def floor_report(model: nn.Module, pruned: nn.Module, ignored: list[str], round_
 
     def why(name: str) -> str:
         channels, module = out_width(after[name]), model.get_submodule(name)
-        floor = round_to_min if round_to_min and channels <= round_to else round_to
+        floor = alignment(channels, round_to, round_to_min)
         if name in ignored:
             return "excluded"
         if channels <= floor:
